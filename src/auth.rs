@@ -1,0 +1,66 @@
+//! Checking the `Authorization: Bearer` key of a request against a task's allowed keys.
+//!
+//! One request costs at most one argon2 verification: the id inside the presented key
+//! selects the one stored hash to try. A key that passed is cached as a keyed hash and
+//! accepted again with a constant-time compare until the keys file changes. Verifications
+//! run on the blocking pool, a few at a time, so a flood of wrong keys cannot take more
+//! than a bounded amount of memory (64 MiB each with the default parameters).
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use tokio::sync::Semaphore;
+
+use crate::keys::{KeyStore, PresentedKey};
+use crate::metrics::RejectionReason;
+use crate::tasks::Task;
+
+/// How many argon2 verifications may run at once.
+pub const PARALLEL_VERIFICATIONS: usize = 2;
+
+/// Returns the name of the key that authenticates the request for `task`.
+pub async fn authenticate(
+    task: &Task,
+    keys: &KeyStore,
+    headers: &HeaderMap,
+    verifications: &Semaphore,
+) -> Result<String, RejectionReason> {
+    let value = headers
+        .get(AUTHORIZATION)
+        .ok_or(RejectionReason::MissingKey)?;
+    let value = value.to_str().map_err(|_| RejectionReason::InvalidHeader)?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(RejectionReason::InvalidHeader)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(RejectionReason::InvalidHeader);
+    }
+    let presented =
+        PresentedKey::decode(token.trim()).map_err(|_| RejectionReason::InvalidKeyEncoding)?;
+    let entry = task
+        .allowed_keys
+        .get(&presented.id)
+        .ok_or(RejectionReason::KeyNotAllowed)?
+        .clone();
+
+    let digest = keys.digest(&presented);
+    if entry.is_cached(&digest) {
+        return Ok(entry.name.clone());
+    }
+    let _permit = verifications
+        .acquire()
+        .await
+        .map_err(|_| RejectionReason::InvalidKey)?;
+    // Another request may have verified the same key while this one waited.
+    if entry.is_cached(&digest) {
+        return Ok(entry.name.clone());
+    }
+    let verifying = entry.clone();
+    let matches = tokio::task::spawn_blocking(move || verifying.stored.matches(&presented.secret))
+        .await
+        .unwrap_or(false);
+    if !matches {
+        return Err(RejectionReason::InvalidKey);
+    }
+    entry.cache(digest);
+    Ok(entry.name.clone())
+}

@@ -1,0 +1,433 @@
+//! The configuration file: serde structs in the original rtask's camelCase format, the
+//! parser that turns TOML errors into file, line and task, and the semantic checks that
+//! startup, reload and `rtask check-config` share.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::limits::Rlimits;
+
+/// Prometheus' default histogram buckets, in seconds.
+pub const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// How long a stopping daemon lets requests and tasks in flight finish, in seconds.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
+    /// Values that apply to every task that does not set its own.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Task definitions by name; the name is the last segment of `/tasks/NAME`.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskConfig>,
+}
+
+/// The `[defaults]` table.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Defaults {
+    #[serde(default)]
+    pub rlimits: Rlimits,
+}
+
+/// One `[tasks.NAME]` table, with the original's key names and defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TaskConfig {
+    /// Program and arguments; no shell is involved.
+    pub command: Vec<String>,
+    pub workdir: Option<PathBuf>,
+    /// Names of the keys in the keys file that may call `/tasks/NAME`.
+    #[serde(default)]
+    pub api_key_names: Vec<String>,
+    /// Webhook secret by name; the name stands for the caller in logs and metrics.
+    #[serde(default)]
+    pub webhook_secrets: BTreeMap<String, String>,
+    /// Path of a file that holds a webhook secret, by name.
+    #[serde(default)]
+    pub webhook_secret_files: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default)]
+    pub pass_request_headers: Vec<String>,
+    #[serde(default, rename = "async")]
+    pub is_async: bool,
+    #[serde(default = "default_retention")]
+    pub async_result_retention_seconds: u64,
+    /// Requests per second, 0 for no limit.
+    #[serde(default)]
+    pub rate_limit: f64,
+    /// 0 for no limit.
+    #[serde(default)]
+    pub max_concurrent_tasks: u32,
+    /// 0 selects the default, as in the original.
+    #[serde(default = "default_io_bytes")]
+    pub max_input_bytes: u64,
+    /// Per stream; 0 selects the default, as in the original.
+    #[serde(default = "default_io_bytes")]
+    pub max_output_bytes: u64,
+    /// 0 selects the default, as in the original.
+    #[serde(default = "default_timeout")]
+    pub execution_timeout_seconds: u64,
+    /// Time between SIGTERM and SIGKILL when a task is stopped.
+    #[serde(default = "default_kill_grace")]
+    pub kill_grace_seconds: u64,
+    #[serde(default)]
+    pub merge_stderr: bool,
+    /// Kill the task when the client of a synchronous request disconnects.
+    #[serde(default)]
+    pub cancel_on_disconnect: bool,
+    #[serde(default)]
+    pub duration_histogram_buckets: Option<Vec<f64>>,
+    #[serde(default)]
+    pub rlimits: Rlimits,
+}
+
+fn default_shutdown_grace() -> u64 {
+    10
+}
+
+fn default_retention() -> u64 {
+    60
+}
+
+fn default_io_bytes() -> u64 {
+    16 * 1024
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+fn default_kill_grace() -> u64 {
+    5
+}
+
+impl TaskConfig {
+    pub fn max_input_bytes(&self) -> usize {
+        nonzero_or(self.max_input_bytes, default_io_bytes()) as usize
+    }
+
+    pub fn max_output_bytes(&self) -> usize {
+        nonzero_or(self.max_output_bytes, default_io_bytes()) as usize
+    }
+
+    pub fn execution_timeout(&self) -> std::time::Duration {
+        let seconds = nonzero_or(self.execution_timeout_seconds, default_timeout());
+        std::time::Duration::from_secs(seconds)
+    }
+
+    pub fn kill_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.kill_grace_seconds)
+    }
+
+    pub fn result_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.async_result_retention_seconds)
+    }
+
+    pub fn histogram_buckets(&self) -> Vec<f64> {
+        match &self.duration_histogram_buckets {
+            Some(buckets) => buckets.clone(),
+            None => DEFAULT_BUCKETS.to_vec(),
+        }
+    }
+}
+
+fn nonzero_or(value: u64, default: u64) -> u64 {
+    if value == 0 { default } else { value }
+}
+
+/// A place in the configuration file, 1-based as editors show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Location {
+    fn from_offset(text: &str, offset: usize) -> Location {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |index| index + 1);
+        let column = before[line_start..].chars().count() + 1;
+        Location { line, column }
+    }
+}
+
+/// An invalid configuration file, with the place and the task where that is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub location: Option<Location>,
+    pub task: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(location) = self.location {
+            write!(f, ", line {}, column {}", location.line, location.column)?;
+        }
+        if let Some(task) = &self.task {
+            write!(f, ", task \"{task}\"")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A configuration that parsed, with the place of each task for later error messages.
+#[derive(Debug, Clone)]
+pub struct ParsedConfig {
+    pub config: Config,
+    task_locations: BTreeMap<String, Location>,
+    pub path: PathBuf,
+}
+
+impl ParsedConfig {
+    /// Builds an error about `task`, pointing at the task's table header.
+    pub fn task_error(&self, task: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            location: self.task_locations.get(task).copied(),
+            task: Some(task.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    /// Builds an error about the file as a whole.
+    pub fn file_error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            location: None,
+            task: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Task names and their spans, parsed separately so that an error inside a task can be
+/// attributed to it even when the task itself does not deserialize.
+#[derive(Deserialize)]
+struct TaskSpans {
+    #[serde(default)]
+    tasks: BTreeMap<Spanned<String>, serde::de::IgnoredAny>,
+}
+
+/// Parses `text`, read from `path`, and checks what serde cannot: task names, commands,
+/// numbers, header and variable names, and resource limits.
+pub fn parse(path: &Path, text: &str) -> Result<ParsedConfig, ConfigError> {
+    let spans: Option<TaskSpans> = toml::from_str(text).ok();
+    let task_starts: Vec<(usize, String)> = spans
+        .map(|spans| {
+            spans
+                .tasks
+                .into_keys()
+                .map(|name| (name.span().start, name.into_inner()))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let config: Config = toml::from_str(text).map_err(|error| {
+        let span = error.span().unwrap_or(0..0);
+        ConfigError {
+            path: path.to_owned(),
+            location: Some(Location::from_offset(text, span.start)),
+            task: task_at(&task_starts, &span),
+            message: error.message().trim().to_owned(),
+        }
+    })?;
+
+    let task_locations = task_starts
+        .iter()
+        .map(|(offset, name)| (name.clone(), Location::from_offset(text, *offset)))
+        .collect();
+    let parsed = ParsedConfig {
+        config,
+        task_locations,
+        path: path.to_owned(),
+    };
+    check(&parsed)?;
+    Ok(parsed)
+}
+
+/// Finds the task whose name starts last before `span`, which is the task that
+/// contains it for every layout TOML allows except a task split over several tables.
+fn task_at(task_starts: &[(usize, String)], span: &Range<usize>) -> Option<String> {
+    task_starts
+        .iter()
+        .filter(|(offset, _)| *offset <= span.start)
+        .max_by_key(|(offset, _)| *offset)
+        .map(|(_, name)| name.clone())
+}
+
+/// Reports whether `name` can be used unescaped as a URL path segment and a metric label.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
+}
+
+fn check(parsed: &ParsedConfig) -> Result<(), ConfigError> {
+    let config = &parsed.config;
+    crate::limits::check(&config.defaults.rlimits)
+        .map_err(|message| parsed.file_error(format!("[defaults.rlimits]: {message}")))?;
+
+    for (name, task) in &config.tasks {
+        check_task(name, task).map_err(|message| parsed.task_error(name, message))?;
+    }
+    Ok(())
+}
+
+fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
+    if !is_valid_name(name) {
+        return Err(format!(
+            "invalid task name \"{name}\": use letters, digits, '-', '.', '_' or '~' \
+             (it is a URL path segment)"
+        ));
+    }
+    match task.command.first() {
+        None => return Err("command is empty: give at least the program to run".into()),
+        Some(program) if program.is_empty() => {
+            return Err("command has an empty program name".into());
+        }
+        Some(_) => {}
+    }
+    if task.command.iter().any(|argument| argument.contains('\0')) {
+        return Err("command contains a NUL byte".into());
+    }
+    if !task.rate_limit.is_finite() || task.rate_limit < 0.0 {
+        return Err(format!(
+            "rateLimit must be 0 (no limit) or a positive number of requests per second, got {}",
+            task.rate_limit
+        ));
+    }
+    if task.rate_limit > 0.0 && task.rate_limit < 1e-6 {
+        return Err(format!("rateLimit {} is too small", task.rate_limit));
+    }
+    for variable in task.environment.keys() {
+        if variable.is_empty() || variable.contains('=') || variable.contains('\0') {
+            return Err(format!("invalid environment variable name \"{variable}\""));
+        }
+    }
+    if task.environment.values().any(|value| value.contains('\0')) {
+        return Err("an environment value contains a NUL byte".into());
+    }
+    for header in &task.pass_request_headers {
+        if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(format!(
+                "invalid header name \"{header}\" in passRequestHeaders"
+            ));
+        }
+    }
+    for key_name in &task.api_key_names {
+        if !crate::keys::is_valid_key_name(key_name) {
+            return Err(format!("invalid key name \"{key_name}\" in apiKeyNames"));
+        }
+    }
+    for (secret_name, secret) in &task.webhook_secrets {
+        check_webhook_secret(secret_name, secret)?;
+    }
+    if let Some(buckets) = &task.duration_histogram_buckets {
+        let increasing = buckets.windows(2).all(|pair| pair[0] < pair[1]);
+        if buckets.is_empty() || !increasing || buckets.iter().any(|b| !b.is_finite()) {
+            return Err("durationHistogramBuckets must be finite and strictly increasing".into());
+        }
+    }
+    if task.execution_timeout_seconds > 366 * 24 * 3600 {
+        return Err("executionTimeoutSeconds is longer than a year".into());
+    }
+    crate::limits::check(&task.rlimits).map_err(|message| format!("rlimits: {message}"))
+}
+
+/// Checks a webhook secret, whether it came from the config or from a secret file.
+pub fn check_webhook_secret(name: &str, secret: &str) -> Result<(), String> {
+    if !crate::keys::is_valid_key_name(name) {
+        return Err(format!("invalid webhook secret name \"{name}\""));
+    }
+    if secret.is_empty() {
+        return Err(format!("webhook secret \"{name}\" is empty"));
+    }
+    if !is_valid_name(secret) {
+        return Err(format!(
+            "webhook secret \"{name}\" must be a URL path segment: use letters, digits, \
+             '-', '.', '_' or '~'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<ParsedConfig, ConfigError> {
+        parse(Path::new("/etc/rtask/config.toml"), text)
+    }
+
+    #[test]
+    fn defaults_match_original() {
+        let parsed = parse_text("[tasks.a]\ncommand = [\"true\"]\n").unwrap();
+        let task = &parsed.config.tasks["a"];
+        assert_eq!(task.max_input_bytes(), 16384);
+        assert_eq!(task.max_output_bytes(), 16384);
+        assert_eq!(task.execution_timeout().as_secs(), 30);
+        assert_eq!(task.async_result_retention_seconds, 60);
+        assert!(!task.is_async);
+        assert!(!task.merge_stderr);
+        assert_eq!(parsed.config.shutdown_grace_seconds, 10);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_task() {
+        let text =
+            "[tasks.a]\ncommand = [\"true\"]\n\n[tasks.b]\ncommand = [\"true\"]\nbogus = 1\n";
+        let error = parse_text(text).unwrap_err();
+        assert_eq!(error.task.as_deref(), Some("b"));
+        assert_eq!(error.location.map(|l| l.line), Some(6));
+        assert!(error.message.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn empty_command_is_rejected() {
+        let error = parse_text("[tasks.a]\ncommand = []\n").unwrap_err();
+        assert_eq!(error.task.as_deref(), Some("a"));
+        assert_eq!(error.location.map(|l| l.line), Some(1));
+    }
+
+    #[test]
+    fn task_name_must_fit_url_segment() {
+        let error = parse_text("[tasks.\"a/b\"]\ncommand = [\"true\"]\n").unwrap_err();
+        assert!(error.message.contains("invalid task name"), "{error}");
+    }
+
+    #[test]
+    fn syntax_error_has_location() {
+        let error = parse_text("[tasks.a]\ncommand = [\"true\"\n").unwrap_err();
+        assert!(error.location.is_some());
+    }
+
+    #[test]
+    fn display_names_everything() {
+        let error = parse_text("[tasks.a]\ncommand = 5\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("/etc/rtask/config.toml, line 2"), "{text}");
+        assert!(text.contains("task \"a\""), "{text}");
+    }
+}

@@ -1,0 +1,330 @@
+//! Running one task: start the process, feed it the request body, capture bounded
+//! output, stop it on timeout, cancellation or shutdown, and make sure nothing it
+//! started outlives it.
+//!
+//! The stop sequence is the same for every reason: SIGTERM to the task's process group
+//! and to its processes that left the group, up to `killGraceSeconds` for them to exit,
+//! then SIGKILL. When the main process exits by itself, whatever it left running is
+//! killed after a short drain of its output.
+
+mod child;
+mod output;
+mod reaper;
+
+use std::ffi::OsString;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use crate::tasks::Task;
+use child::{CommandPlan, ProcessTree};
+pub use output::Captured;
+use reaper::Reaper;
+
+/// How long the output pipes may stay open after the main process exited before the
+/// processes left holding them are killed.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// How long rtask waits for killed processes to disappear, and then for their output
+/// pipes to close, before it gives up on them and logs it.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Environment variables the daemon consumes itself, which children must not see.
+const CONSUMED_VARIABLES: [&str; 7] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// How a run ended: the `status` of the result and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    Failure,
+    Timeout,
+    Canceled,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Failure => "failure",
+            Status::Timeout => "timeout",
+            Status::Canceled => "canceled",
+        }
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    /// The process's exit code; -1 on timeout, cancellation or death by a signal, -2
+    /// when the command could not be started.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub duration: Duration,
+}
+
+/// What one run needs besides the task definition.
+#[derive(Debug)]
+pub struct RunRequest {
+    pub task: Arc<Task>,
+    pub task_id: String,
+    pub key_name: String,
+    pub input: bytes::Bytes,
+    /// `REQUEST_HEADER_*` variables from `passRequestHeaders`.
+    pub header_env: Vec<(String, String)>,
+}
+
+/// Starts and supervises every task process of the daemon.
+#[derive(Debug)]
+pub struct Supervisor {
+    reaper: Arc<Reaper>,
+    metrics: Arc<Metrics>,
+    base_env: Vec<(OsString, OsString)>,
+    /// Cancelled at shutdown, after the grace period: every run still going is stopped.
+    stop_all: CancellationToken,
+    runs: TaskTracker,
+}
+
+impl Supervisor {
+    /// Becomes a child subreaper and takes a copy of the daemon's environment, less the
+    /// variables the daemon consumes. Needs a tokio runtime.
+    pub fn start(metrics: Arc<Metrics>) -> io::Result<Arc<Supervisor>> {
+        let base_env = std::env::vars_os()
+            .filter(|(name, _)| {
+                let name = name.to_string_lossy();
+                !CONSUMED_VARIABLES.contains(&name.as_ref())
+            })
+            .collect();
+        Ok(Arc::new(Supervisor {
+            reaper: Reaper::start()?,
+            metrics,
+            base_env,
+            stop_all: CancellationToken::new(),
+            runs: TaskTracker::new(),
+        }))
+    }
+
+    /// Runs a task to its end. `cancel` stops it early with the status `canceled`.
+    pub async fn run(&self, request: RunRequest, cancel: CancellationToken) -> Outcome {
+        let _tracked = self.runs.token();
+        let started = Instant::now();
+        let task = &request.task;
+        let plan = self.plan(&request);
+
+        let spawned = match child::spawn(&self.reaper, &plan) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                let message = format!(
+                    "failed to start command {:?}: {error}",
+                    task.config.command[0]
+                );
+                tracing::warn!(task = %task.name, task_id = %request.task_id, %error, "failed to start command");
+                return Outcome {
+                    status: Status::Failure,
+                    exit_code: -2,
+                    signal: None,
+                    stdout: Captured::default(),
+                    stderr: Captured::from_message(message),
+                    duration: started.elapsed(),
+                };
+            }
+        };
+        let tree = ProcessTree::new(spawned.pid, &request.task_id);
+        tracing::debug!(task = %task.name, task_id = %request.task_id, pid = spawned.pid.as_raw(), "started");
+
+        let running = self.metrics.running(&task.name);
+        running.inc();
+        let outcome = self
+            .supervise(&request, spawned, &tree, cancel, started)
+            .await;
+        running.dec();
+        outcome
+    }
+
+    async fn supervise(
+        &self,
+        request: &RunRequest,
+        spawned: child::Spawned,
+        tree: &ProcessTree,
+        cancel: CancellationToken,
+        started: Instant,
+    ) -> Outcome {
+        let config = &request.task.config;
+        let mut stdin = spawned.stdin;
+        let input = request.input.clone();
+        // The body is written while the output is read; a child that never reads stdin
+        // or exits early makes the write fail with EPIPE, which is fine.
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+        let stdout = output::Reader::start(spawned.stdout, config.max_output_bytes());
+        let stderr = spawned
+            .stderr
+            .map(|pipe| output::Reader::start(pipe, config.max_output_bytes()));
+
+        let mut exit = spawned.exit;
+        let timeout = tokio::time::sleep(config.execution_timeout());
+        let stop_reason = tokio::select! {
+            status = &mut exit => {
+                let status = status.ok();
+                return self.finish(request, tree, status, None, stdout, stderr, writer, started).await;
+            }
+            () = timeout => Status::Timeout,
+            () = cancel.cancelled() => Status::Canceled,
+            () = self.stop_all.cancelled() => Status::Canceled,
+        };
+
+        tracing::info!(
+            task = %request.task.name,
+            task_id = %request.task_id,
+            reason = stop_reason.label(),
+            "stopping task processes"
+        );
+        tree.signal(Signal::SIGTERM);
+        if !tree.wait_gone(config.kill_grace()).await {
+            tracing::warn!(
+                task = %request.task.name,
+                task_id = %request.task_id,
+                grace_seconds = config.kill_grace_seconds,
+                "task processes outlived the kill grace period, sending SIGKILL"
+            );
+        }
+        let status = tokio::time::timeout(KILL_WAIT, async {
+            tree.kill_all(KILL_WAIT).await;
+            exit.await.ok()
+        })
+        .await
+        .unwrap_or_default();
+        self.finish(
+            request,
+            tree,
+            status,
+            Some(stop_reason),
+            stdout,
+            stderr,
+            writer,
+            started,
+        )
+        .await
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the pieces of one run, taken apart once"
+    )]
+    async fn finish(
+        &self,
+        request: &RunRequest,
+        tree: &ProcessTree,
+        status: Option<WaitStatus>,
+        stop_reason: Option<Status>,
+        stdout: output::Reader,
+        stderr: Option<output::Reader>,
+        writer: tokio::task::JoinHandle<()>,
+        started: Instant,
+    ) -> Outcome {
+        // Give the pipes a moment to reach end-of-file, then kill whatever the task
+        // left running (background jobs holding the pipes, daemons it forked).
+        let drained = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+            stdout.closed().await;
+            if let Some(stderr) = &stderr {
+                stderr.closed().await;
+            }
+        })
+        .await
+        .is_ok();
+        let all_gone = tree.kill_all(KILL_WAIT).await;
+        if !drained {
+            tracing::debug!(task = %request.task.name, task_id = %request.task_id, "killed processes left holding the output pipes");
+        }
+        if !all_gone {
+            tracing::error!(
+                task = %request.task.name,
+                task_id = %request.task_id,
+                "task processes survived SIGKILL; releasing the task's slot anyway"
+            );
+        }
+        writer.abort();
+        let stdout = stdout.finish(KILL_WAIT).await;
+        let stderr = match stderr {
+            Some(stderr) => stderr.finish(KILL_WAIT).await,
+            None => Captured::default(),
+        };
+
+        let (mut result_status, exit_code, signal) = match status {
+            Some(WaitStatus::Exited(_, 0)) => (Status::Success, 0, None),
+            Some(WaitStatus::Exited(_, code)) => (Status::Failure, code, None),
+            Some(WaitStatus::Signaled(_, signal, _)) => (Status::Failure, -1, Some(signal as i32)),
+            _ => (Status::Failure, -1, None),
+        };
+        let exit_code = if stop_reason.is_some() { -1 } else { exit_code };
+        if let Some(reason) = stop_reason {
+            result_status = reason;
+        }
+        Outcome {
+            status: result_status,
+            exit_code,
+            signal,
+            stdout,
+            stderr,
+            duration: started.elapsed(),
+        }
+    }
+
+    fn plan(&self, request: &RunRequest) -> CommandPlan {
+        let task = &request.task;
+        let mut env = self.base_env.clone();
+        let mut set = |name: &str, value: &str| {
+            env.retain(|(existing, _)| existing != name);
+            env.push((OsString::from(name), OsString::from(value)));
+        };
+        for (name, value) in &task.config.environment {
+            set(name, value);
+        }
+        for (name, value) in &request.header_env {
+            set(name, value);
+        }
+        set("RTASK_TASK_NAME", &task.name);
+        set("RTASK_TASK_ID", &request.task_id);
+        set("RTASK_KEY_NAME", &request.key_name);
+        CommandPlan {
+            argv: task.config.command.clone(),
+            workdir: task.config.workdir.clone(),
+            env,
+            rlimits: task.rlimits.to_apply(),
+            merge_stderr: task.config.merge_stderr,
+        }
+    }
+
+    /// Stops every run still going, with the usual SIGTERM, grace, SIGKILL sequence.
+    pub fn stop_all(&self) {
+        self.stop_all.cancel();
+    }
+
+    /// Waits until no run is going, for at most `limit`; returns whether none is.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        self.runs.close();
+        tokio::time::timeout(limit, self.runs.wait()).await.is_ok()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.runs.len()
+    }
+}

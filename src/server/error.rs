@@ -1,0 +1,79 @@
+//! The API's error responses. Each variant fixes its HTTP status and its JSON body, and a
+//! rejection also its `task_rejection_total` reason.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::metrics::RejectionReason;
+
+/// An error answered to an API client.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A request that failed authentication or a limit; counted in the metrics.
+    Rejected(RejectionReason, String),
+    TaskNotFound,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest(String),
+    /// A fault of rtask itself; the detail is logged where it happens, not sent.
+    Internal,
+}
+
+impl ApiError {
+    pub fn rejected(reason: RejectionReason) -> ApiError {
+        let message = match reason {
+            RejectionReason::MissingKey => "missing Authorization header with a Bearer API key",
+            RejectionReason::InvalidHeader => "the Authorization header is not \"Bearer <key>\"",
+            RejectionReason::InvalidKeyEncoding => "the API key is not a valid rtask key",
+            // One message for both, so a client cannot probe which key ids a task allows.
+            RejectionReason::KeyNotAllowed | RejectionReason::InvalidKey => {
+                "invalid API key, or the key is not allowed for this task"
+            }
+            RejectionReason::LimitExceeded => "rate limit exceeded, try again later",
+            RejectionReason::MaxConcurrent => {
+                "too many runs of this task at once (maxConcurrentTasks), try again later"
+            }
+            RejectionReason::InputTooLarge => "request body is larger than maxInputBytes",
+        };
+        ApiError::Rejected(reason, message.to_owned())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Rejected(reason, _) => match reason {
+                RejectionReason::MissingKey
+                | RejectionReason::InvalidHeader
+                | RejectionReason::InvalidKeyEncoding
+                | RejectionReason::KeyNotAllowed
+                | RejectionReason::InvalidKey => StatusCode::UNAUTHORIZED,
+                RejectionReason::LimitExceeded | RejectionReason::MaxConcurrent => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                RejectionReason::InputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            },
+            ApiError::TaskNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            ApiError::Rejected(_, message) | ApiError::BadRequest(message) => message,
+            ApiError::TaskNotFound => "task not found",
+            ApiError::NotFound => "not found",
+            ApiError::MethodNotAllowed => "method not allowed",
+            ApiError::Internal => "internal error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": self.message() }));
+        (self.status(), body).into_response()
+    }
+}
