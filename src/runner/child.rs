@@ -215,11 +215,22 @@ impl ProcessTree {
         true
     }
 
-    /// Waits until no process of the task is left, for at most `limit`.
-    pub async fn wait_gone(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
+    /// Sends SIGTERM to every process of the task and waits up to `grace` for them to
+    /// exit. Processes that leave the group are signalled as they are found: one whose
+    /// parent dies during the wait becomes rtask's child only then. Returns false if
+    /// some are still alive at the end.
+    pub async fn terminate(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = killpg(self.group, Signal::SIGTERM);
+        let mut signalled = Vec::new();
         let mut pause = Duration::from_millis(5);
         loop {
+            for pid in self.escaped() {
+                if !signalled.contains(&pid) {
+                    let _ = kill(pid, Signal::SIGTERM);
+                    signalled.push(pid);
+                }
+            }
             if !self.is_alive() {
                 return true;
             }

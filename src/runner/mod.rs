@@ -16,7 +16,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -197,8 +196,7 @@ impl Supervisor {
             reason = stop_reason.label(),
             "stopping task processes"
         );
-        tree.signal(Signal::SIGTERM);
-        if !tree.wait_gone(config.kill_grace()).await {
+        if !tree.terminate(config.kill_grace()).await {
             tracing::warn!(
                 task = %request.task.name,
                 task_id = %request.task_id,
