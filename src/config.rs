@@ -53,7 +53,7 @@ pub struct TaskConfig {
     /// Webhook secret by name; the name stands for the caller in logs and metrics.
     #[serde(default)]
     pub webhook_secrets: BTreeMap<String, String>,
-    /// Path of a file that holds a webhook secret, by name.
+    /// Path of a file that contains a webhook secret, by name.
     #[serde(default)]
     pub webhook_secret_files: BTreeMap<String, PathBuf>,
     #[serde(default)]
@@ -309,9 +309,11 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
         }
         Some(_) => {}
     }
+
     if task.command.iter().any(|argument| argument.contains('\0')) {
         return Err("command contains a NUL byte".into());
     }
+
     if !task.rate_limit.is_finite() || task.rate_limit < 0.0 {
         return Err(format!(
             "rateLimit must be 0 (no limit) or a positive number of requests per second, got {}",
@@ -321,6 +323,7 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
     if task.rate_limit > 0.0 && task.rate_limit < 1e-6 {
         return Err(format!("rateLimit {} is too small", task.rate_limit));
     }
+
     for variable in task.environment.keys() {
         if variable.is_empty() || variable.contains('=') || variable.contains('\0') {
             return Err(format!("invalid environment variable name \"{variable}\""));
@@ -329,6 +332,7 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
     if task.environment.values().any(|value| value.contains('\0')) {
         return Err("an environment value contains a NUL byte".into());
     }
+
     for header in &task.pass_request_headers {
         if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             return Err(format!(
@@ -336,6 +340,7 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
             ));
         }
     }
+
     for key_name in &task.api_key_names {
         if !crate::keys::is_valid_key_name(key_name) {
             return Err(format!("invalid key name \"{key_name}\" in apiKeyNames"));
@@ -344,12 +349,14 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
     for (secret_name, secret) in &task.webhook_secrets {
         check_webhook_secret(secret_name, secret)?;
     }
+
     if let Some(buckets) = &task.duration_histogram_buckets {
         let increasing = buckets.windows(2).all(|pair| pair[0] < pair[1]);
         if buckets.is_empty() || !increasing || buckets.iter().any(|b| !b.is_finite()) {
             return Err("durationHistogramBuckets must be finite and strictly increasing".into());
         }
     }
+
     if task.execution_timeout_seconds > 366 * 24 * 3600 {
         return Err("executionTimeoutSeconds is longer than a year".into());
     }

@@ -495,8 +495,8 @@ fn parent_directory(path: &Path) -> &Path {
 
 /// Replaces the keys file so that a crash leaves the old file or the new one: write a
 /// temporary file in the same directory, flush it to disk, rename it over the old one.
-/// An existing file's owner, group and mode carry over (so root running `add-key` does
-/// not lock out the service user); a new file gets mode 0600.
+/// An existing file's owner, group and mode carry over, so root running `add-key` does
+/// not lock out the service user. A new file gets mode 0600.
 fn write_atomically(
     path: &Path,
     encoded: &BTreeMap<String, String>,

@@ -54,7 +54,7 @@ use crate::runner::Supervisor;
 use crate::server::AppState;
 use crate::systemd::{InheritedSockets, StdListener};
 
-/// Where the daemon listens: inherited sockets, and addresses for what was not inherited.
+/// The daemon's listeners: inherited sockets, and addresses for what was not inherited.
 #[derive(Debug)]
 pub struct ListenPlan {
     pub inherited: InheritedSockets,
@@ -62,7 +62,7 @@ pub struct ListenPlan {
     pub metrics_address: Option<String>,
 }
 
-/// Why the daemon could not start or stopped with an error.
+/// An error that kept the daemon from starting or stopped it.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::config::{self, ConfigError, ParsedConfig};
 use crate::keys::{KeyStore, KeysError};
 
-/// Where the configuration and the keys live.
+/// The paths of the configuration and keys files.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub config: PathBuf,
@@ -39,7 +39,7 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
 }
 
-/// Why a load failed; the old task table stays in force.
+/// A failed load. The old task table stays in force.
 #[derive(Debug)]
 pub enum LoadError {
     Config(ConfigError),

@@ -6,8 +6,8 @@
 //! rather than write them: a rename over the file, a symlink swapped by `ln -sfn`, a
 //! Kubernetes-style `..data` link to a new directory, or truncate-and-rewrite. For each
 //! file it watches the file's directory, the directory of every symlink on its path, and
-//! the directory the path resolves to now, and it recomputes that set after every batch
-//! of events, since a swap changes where the path leads.
+//! the directory the path resolves to now. A swap changes where the path leads, so the
+//! set is computed again after every batch of events.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;

@@ -124,8 +124,8 @@ pub fn notify_reloading() {
     }
 }
 
-/// Returns the interval for `WATCHDOG=1` pings: half of `WATCHDOG_USEC`, when systemd
-/// asks for them.
+/// Returns the interval for `WATCHDOG=1` pings, half of `WATCHDOG_USEC`, when systemd
+/// has enabled the watchdog for this process.
 pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
 }

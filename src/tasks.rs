@@ -28,7 +28,7 @@ pub struct Task {
     pub slots: Option<Arc<Semaphore>>,
 }
 
-/// Where a webhook secret leads.
+/// The target of a webhook secret.
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub task: Arc<Task>,
@@ -37,7 +37,7 @@ pub struct Webhook {
 }
 
 /// All tasks of one configuration. A request loads the table once and uses that snapshot
-/// to its end, so it never sees a mix of two configurations.
+/// to its end, so it never reads a mix of two configurations.
 #[derive(Debug)]
 pub struct TaskTable {
     tasks: HashMap<String, Arc<Task>>,
@@ -90,7 +90,7 @@ impl TaskTable {
         }
     }
 
-    /// An empty table, in force until the first load succeeds.
+    /// Returns a table with no tasks and no keys.
     pub fn empty() -> TaskTable {
         TaskTable {
             tasks: HashMap::new(),

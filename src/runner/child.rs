@@ -98,8 +98,8 @@ pub fn spawn(reaper: &Reaper, plan: &CommandPlan) -> io::Result<Spawned> {
     }
 
     let (mut child, exit) = reaper.spawn(|| command.spawn())?;
-    // The command holds the parent's copies of the pipe ends; dropping it lets the
-    // readers see end-of-file once the children close theirs.
+    // The command owns the parent's copies of the pipes' write ends. Dropping it lets
+    // the readers reach end-of-file once the children close theirs.
     drop(command);
 
     let stdin = pipe::Sender::from_owned_fd(child.stdin.take().expect("stdin is piped").into())?;
@@ -158,10 +158,10 @@ impl ProcessTree {
         group_alive || escaped_alive
     }
 
-    /// Finds the processes of this task outside its group. Once their parents are
-    /// gone they are children of rtask, which is a subreaper, so only rtask's children
-    /// are searched; a process whose parent is still alive is found once that parent
-    /// is killed.
+    /// Finds the processes of this task outside its group. Because rtask is a
+    /// subreaper, they become its children once their parents are gone, so only
+    /// rtask's children are searched. A process whose parent is alive is found after
+    /// that parent is killed.
     fn escaped(&self) -> Vec<Pid> {
         let own_pid = std::process::id().to_string();
         let Ok(entries) = fs::read_dir("/proc") else {

@@ -46,7 +46,7 @@ const CONSUMED_VARIABLES: [&str; 7] = [
     "WATCHDOG_PID",
 ];
 
-/// How a run ended: the `status` of the result and the metric label.
+/// The end state of a run: the `status` of the result and its metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Success,
@@ -79,7 +79,7 @@ pub struct Outcome {
     pub duration: Duration,
 }
 
-/// What one run needs besides the task definition.
+/// The inputs of one run besides the task definition.
 #[derive(Debug)]
 pub struct RunRequest {
     pub task: Arc<Task>,
@@ -168,8 +168,8 @@ impl Supervisor {
         let config = &request.task.config;
         let mut stdin = spawned.stdin;
         let input = request.input.clone();
-        // The body is written while the output is read; a child that never reads stdin
-        // or exits early makes the write fail with EPIPE, which is fine.
+        // The body is written while the output is read. A child that never reads stdin
+        // or exits early makes the write fail with EPIPE, and the run goes on.
         let writer = tokio::spawn(async move {
             let _ = stdin.write_all(&input).await;
         });

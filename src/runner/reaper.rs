@@ -1,6 +1,6 @@
-//! The one place that calls `waitpid`. rtask is a child subreaper, so besides the task
-//! processes it starts, every orphan of a task ends up as its child; this module reaps
-//! them all and hands the exit status of a started process to whoever waits for it.
+//! The one place that calls `waitpid`. Because rtask is a child subreaper, every orphan
+//! of a task ends up as its child, besides the task processes it starts. This module
+//! reaps them all and sends the exit status of each started process to its waiter.
 
 use std::collections::HashMap;
 use std::io;

@@ -29,7 +29,7 @@ use crate::results::ResultStore;
 use crate::runner::{Outcome, RunRequest, Supervisor};
 use crate::tasks::{Task, TaskTable};
 
-/// What every request handler shares.
+/// The state shared by every request handler.
 #[derive(Debug)]
 pub struct AppState {
     /// The task table in force; only the reloader stores into it.
@@ -42,7 +42,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Counts a rejection and returns the error to answer.
+    /// Counts a rejection and returns the error response for it.
     pub fn reject(&self, task: &Task, reason: RejectionReason) -> ApiError {
         self.metrics.reject(&task.name, reason);
         tracing::debug!(task = %task.name, reason = reason.label(), "request rejected");

@@ -121,8 +121,8 @@ async fn execute(
         return Ok(response);
     }
 
-    // The run goes on in its own tokio task, so that a client that disconnects (which
-    // drops this future) does not stop it, unless the task asks for that.
+    // The run goes on in its own tokio task, so a client that disconnects, which drops
+    // this future, does not stop it unless `cancelOnDisconnect` is set.
     let cancel = CancellationToken::new();
     let cancel_on_drop = task
         .config
