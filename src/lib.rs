@@ -202,7 +202,7 @@ fn serve_on(
         StdListener::Tcp(listener) => {
             listener.set_nonblocking(true)?;
             let listener = TcpListener::from_std(listener)?;
-            tracing::info!(socket, address = %listener.local_addr()?, "listening");
+            tracing::info!(socket = %socket, address = %listener.local_addr()?, "listening");
             Box::pin(server::serve(listener, router, stop))
         }
         StdListener::Unix(listener) => {
@@ -212,7 +212,7 @@ fn serve_on(
             let path = address
                 .as_pathname()
                 .map_or_else(|| "(unnamed)".to_owned(), |path| path.display().to_string());
-            tracing::info!(socket, address = %path, "listening");
+            tracing::info!(socket = %socket, address = %path, "listening");
             Box::pin(server::serve(listener, router, stop))
         }
     };
