@@ -52,7 +52,7 @@ pub struct TaskConfig {
     pub api_key_names: Vec<String>,
     /// Webhook secret by name; the name stands for the caller in logs and metrics.
     #[serde(default)]
-    pub webhook_secrets: BTreeMap<String, String>,
+    pub webhook_secrets: BTreeMap<String, Secret>,
     /// Path of a file that contains a webhook secret, by name.
     #[serde(default)]
     pub webhook_secret_files: BTreeMap<String, PathBuf>,
@@ -91,6 +91,24 @@ pub struct TaskConfig {
     pub duration_histogram_buckets: Option<Vec<f64>>,
     #[serde(default)]
     pub rlimits: Rlimits,
+}
+
+/// A webhook secret. Its `Debug` output is redacted, so that logging a task
+/// definition cannot leak it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 fn default_shutdown_grace() -> u64 {
@@ -347,7 +365,7 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
         }
     }
     for (secret_name, secret) in &task.webhook_secrets {
-        check_webhook_secret(secret_name, secret)?;
+        check_webhook_secret(secret_name, secret.expose())?;
     }
 
     if let Some(buckets) = &task.duration_histogram_buckets {
@@ -428,6 +446,14 @@ mod tests {
     fn syntax_error_has_location() {
         let error = parse_text("[tasks.a]\ncommand = [\"true\"\n").unwrap_err();
         assert!(error.location.is_some());
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let text = "[tasks.a]\ncommand = [\"true\"]\nwebhookSecrets = { gh = \"hunter2\" }\n";
+        let parsed = parse_text(text).unwrap();
+        let debug = format!("{:?}", parsed.config);
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 
     #[test]

@@ -20,11 +20,20 @@ pub struct Paths {
 }
 
 /// A webhook secret with the task it runs and the name it has in logs and metrics.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookSecret {
     pub task: String,
     pub name: String,
     pub secret: String,
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSecret")
+            .field("task", &self.task)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything a task table is built from, read and checked.
@@ -160,7 +169,7 @@ fn read_webhooks(
             webhooks.push(WebhookSecret {
                 task: task_name.clone(),
                 name: name.clone(),
-                secret: secret.clone(),
+                secret: secret.expose().to_owned(),
             });
         }
         for (name, path) in &task.webhook_secret_files {
