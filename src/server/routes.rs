@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_LENGTH;
@@ -25,10 +26,11 @@ use crate::tasks::Task;
 /// `POST /tasks/{name}`: runs a task for a client with an API key.
 pub async fn task_run(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(invalid_path)?;
     let table = state.table.load_full();
     let task = table.task(&name).ok_or(ApiError::TaskNotFound)?.clone();
     let key_name = auth::authenticate(&task, &table.keys, &headers, &state.verifications)
@@ -40,10 +42,11 @@ pub async fn task_run(
 /// `POST /wh/{secret}`: runs the task that the webhook secret selects.
 pub async fn webhook_run(
     State(state): State<Arc<AppState>>,
-    Path(secret): Path<String>,
+    secret: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Path(secret) = secret.map_err(invalid_path)?;
     let table = state.table.load_full();
     let webhook = table.webhook(&secret).ok_or(ApiError::NotFound)?.clone();
     execute(state, webhook.task, webhook.name, headers, body).await
@@ -54,9 +57,10 @@ pub async fn webhook_run(
 /// definition the run started with.
 pub async fn task_status(
     State(state): State<Arc<AppState>>,
-    Path((name, task_id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Path((name, task_id)) = path.map_err(invalid_path)?;
     let table = state.table.load_full();
     let stored = state
         .results
@@ -74,6 +78,10 @@ pub async fn task_status(
         Some((_, result)) => Ok(Json(result).into_response()),
         None => Err(ApiError::TaskNotFound),
     }
+}
+
+fn invalid_path(rejection: PathRejection) -> ApiError {
+    ApiError::BadRequest(rejection.body_text())
 }
 
 async fn execute(
