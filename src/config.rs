@@ -281,14 +281,25 @@ pub fn parse(path: &Path, text: &str) -> Result<ParsedConfig, ConfigError> {
     Ok(parsed)
 }
 
-/// Finds the task whose name starts last before `span`, which is the task that
-/// contains it for every layout TOML allows except a task split over several tables.
+/// Finds the task an error span belongs to. An error about a whole table (a missing
+/// field) spans the table, header included, so the one task name inside the span
+/// wins. Otherwise the task whose name starts last before the span contains it, which
+/// is true for every layout TOML allows except a task split over several tables.
 fn task_at(task_starts: &[(usize, String)], span: &Range<usize>) -> Option<String> {
-    task_starts
+    let mut names_inside = task_starts
         .iter()
-        .filter(|(offset, _)| *offset <= span.start)
-        .max_by_key(|(offset, _)| *offset)
-        .map(|(_, name)| name.clone())
+        .filter(|(offset, _)| span.contains(offset));
+    let inside = match (names_inside.next(), names_inside.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    };
+    let before = || {
+        task_starts
+            .iter()
+            .filter(|(offset, _)| *offset <= span.start)
+            .max_by_key(|(offset, _)| *offset)
+    };
+    inside.or_else(before).map(|(_, name)| name.clone())
 }
 
 /// Reports whether `name` can be used unescaped as a URL path segment and a metric label.
@@ -427,6 +438,17 @@ mod tests {
         assert_eq!(error.task.as_deref(), Some("b"));
         assert_eq!(error.location.map(|l| l.line), Some(6));
         assert!(error.message.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn missing_command_names_its_task() {
+        let text = "[tasks.a]\ncommand = [\"true\"]\n\n[tasks.b]\nworkdir = \"/\"\n";
+        let error = parse_text(text).unwrap_err();
+        assert_eq!(error.task.as_deref(), Some("b"), "{error}");
+
+        let text = "[tasks.b]\nworkdir = \"/\"\n\n[tasks.a]\ncommand = [\"true\"]\n";
+        let error = parse_text(text).unwrap_err();
+        assert_eq!(error.task.as_deref(), Some("b"), "{error}");
     }
 
     #[test]
