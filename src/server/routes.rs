@@ -30,7 +30,7 @@ pub async fn task_run(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Path(name) = name.map_err(invalid_path)?;
+    let Path(name) = name.map_err(|rejection| invalid_path(&rejection))?;
     let table = state.table.load_full();
     let task = table.task(&name).ok_or(ApiError::TaskNotFound)?.clone();
     let key_name = auth::authenticate(&task, &table.keys, &headers, &state.verifications)
@@ -46,7 +46,7 @@ pub async fn webhook_run(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Path(secret) = secret.map_err(invalid_path)?;
+    let Path(secret) = secret.map_err(|rejection| invalid_path(&rejection))?;
     let table = state.table.load_full();
     let webhook = table.webhook(&secret).ok_or(ApiError::NotFound)?.clone();
     execute(state, webhook.task, webhook.name, headers, body).await
@@ -60,7 +60,7 @@ pub async fn task_status(
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path((name, task_id)) = path.map_err(invalid_path)?;
+    let Path((name, task_id)) = path.map_err(|rejection| invalid_path(&rejection))?;
     let table = state.table.load_full();
     let stored = state
         .results
@@ -80,7 +80,7 @@ pub async fn task_status(
     }
 }
 
-fn invalid_path(rejection: PathRejection) -> ApiError {
+fn invalid_path(rejection: &PathRejection) -> ApiError {
     ApiError::BadRequest(rejection.body_text())
 }
 
