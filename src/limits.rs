@@ -59,12 +59,20 @@ impl Rlimits {
         }
     }
 
-    /// Returns the limits that are set, ready to apply between fork and exec.
-    pub fn to_apply(&self) -> Vec<(Resource, u64)> {
-        self.entries()
+    /// Returns the limits to apply between fork and exec, as (resource, soft, hard).
+    /// `inherited_nofile` is the descriptor limit the daemon started with; a task
+    /// that sets no `nofile` gets it back, since the daemon raised its own.
+    pub fn to_apply(&self, inherited_nofile: (u64, u64)) -> Vec<(Resource, u64, u64)> {
+        let mut limits: Vec<(Resource, u64, u64)> = self
+            .entries()
             .into_iter()
-            .filter_map(|(_, resource, value)| value.map(|value| (resource, value)))
-            .collect()
+            .filter_map(|(_, resource, value)| value.map(|value| (resource, value, value)))
+            .collect();
+        if self.nofile.is_none() {
+            let (soft, hard) = inherited_nofile;
+            limits.push((Resource::RLIMIT_NOFILE, soft, hard));
+        }
+        limits
     }
 }
 
@@ -83,4 +91,19 @@ pub fn check(rlimits: &Rlimits) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Raises the daemon's soft limit of open files to its hard limit, as the original does,
+/// so that many connections and task pipes do not run out of descriptors. Returns the
+/// limit it started with, for the task processes.
+pub fn raise_nofile() -> (u64, u64) {
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return (1024, 1024);
+    };
+    if soft < hard
+        && let Err(error) = nix::sys::resource::setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(%error, soft, hard, "failed to raise the open files limit");
+    }
+    (soft, hard)
 }

@@ -27,7 +27,8 @@ pub struct CommandPlan {
     pub workdir: Option<PathBuf>,
     /// The complete environment; nothing of the daemon's is inherited besides this.
     pub env: Vec<(OsString, OsString)>,
-    pub rlimits: Vec<(Resource, u64)>,
+    /// Resource limits as (resource, soft, hard).
+    pub rlimits: Vec<(Resource, u64, u64)>,
     pub merge_stderr: bool,
 }
 
@@ -90,8 +91,8 @@ pub fn spawn(reaper: &Reaper, plan: &CommandPlan) -> io::Result<Spawned> {
     // and builds an io::Error from an errno without allocating.
     unsafe {
         command.pre_exec(move || {
-            for (resource, value) in &rlimits {
-                setrlimit(*resource, *value, *value).map_err(io::Error::from)?;
+            for (resource, soft, hard) in &rlimits {
+                setrlimit(*resource, *soft, *hard).map_err(io::Error::from)?;
             }
             Ok(())
         });

@@ -96,6 +96,8 @@ pub struct Supervisor {
     reaper: Arc<Reaper>,
     metrics: Arc<Metrics>,
     base_env: Vec<(OsString, OsString)>,
+    /// The descriptor limit the daemon started with, before it raised its own.
+    inherited_nofile: (u64, u64),
     /// Cancelled at shutdown, after the grace period: every run still going is stopped.
     stop_all: CancellationToken,
     runs: TaskTracker,
@@ -114,6 +116,7 @@ impl Supervisor {
         Ok(Arc::new(Supervisor {
             reaper: Reaper::start()?,
             metrics,
+            inherited_nofile: crate::limits::raise_nofile(),
             base_env,
             stop_all: CancellationToken::new(),
             runs: TaskTracker::new(),
@@ -306,7 +309,7 @@ impl Supervisor {
             argv: task.config.command.clone(),
             workdir: task.config.workdir.clone(),
             env,
-            rlimits: task.rlimits.to_apply(),
+            rlimits: task.rlimits.to_apply(self.inherited_nofile),
             merge_stderr: task.config.merge_stderr,
         }
     }

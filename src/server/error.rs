@@ -17,6 +17,8 @@ pub enum ApiError {
     NotFound,
     MethodNotAllowed,
     BadRequest(String),
+    /// The client stopped sending the request body.
+    BodyTimeout,
     /// A fault of rtask itself; the detail is logged where it happens, not sent.
     Internal,
 }
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::TaskNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::TaskNotFound => "task not found",
             ApiError::NotFound => "not found",
             ApiError::MethodNotAllowed => "method not allowed",
+            ApiError::BodyTimeout => "timed out reading the request body",
             ApiError::Internal => "internal error",
         }
     }

@@ -14,7 +14,7 @@ use axum::http::Request;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::Listener;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
@@ -106,6 +106,16 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// so that a request a client already sent is served rather than cut off.
 const LINGER_BEFORE_CLOSE: Duration = Duration::from_millis(250);
 
+/// How long a client may take to send a request's headers, and how long an idle
+/// keep-alive connection stays open.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Connections served at once. Past this, new connections wait in the listen backlog,
+/// so that idle or slow clients cannot use up the daemon's file descriptors.
+// NOTE: a fixed number; with the default 16 KiB buffers per connection it bounds
+// memory to tens of MiB, and the daemon raises its own descriptor limit at startup.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// Serves `router` on `listener` until `stop` is cancelled, then stops accepting and
 /// waits for the requests in flight to end.
 pub async fn serve<L>(mut listener: L, router: Router, stop: CancellationToken)
@@ -113,19 +123,28 @@ where
     L: Listener,
 {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = stop.cancelled() => break,
+        };
         let (io, _) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => break,
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     // The listening socket closes here; with socket activation systemd keeps its own

@@ -152,6 +152,9 @@ async fn execute(
     Ok(Json(RunResult::from_outcome(&outcome)).into_response())
 }
 
+/// Longest pause allowed between two parts of a request body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads the body, rejecting it as soon as it exceeds `maxInputBytes`.
 async fn read_body(
     state: &AppState,
@@ -170,7 +173,12 @@ async fn read_body(
     }
 
     let mut input = Vec::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout(BODY_READ_TIMEOUT, body.frame()).await else {
+            tracing::debug!(task = %task.name, "timed out reading a request body");
+            return Err(ApiError::BodyTimeout);
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|error| {
             ApiError::BadRequest(format!("failed to read the request body: {error}"))
         })?;
