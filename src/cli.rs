@@ -76,7 +76,10 @@ impl Cli {
     /// otherwise. A configuration given explicitly keeps the keys in `./keys.toml`, as
     /// in the original.
     pub fn paths(&self) -> crate::load::Paths {
-        let packaged = self.config.is_none() && !Path::new("config.toml").exists();
+        // symlink_metadata: a dangling ./config.toml link still means "use ./config.toml",
+        // so the error names it instead of a file in /etc the user never mentioned.
+        let local = std::fs::symlink_metadata("config.toml").is_ok();
+        let packaged = self.config.is_none() && !local;
         let directory = if packaged {
             Path::new("/etc/rtask")
         } else {

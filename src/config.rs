@@ -313,8 +313,21 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
 }
 
+/// Longest duration any setting accepts: a year. Larger values are typos, and would
+/// overflow the clock arithmetic.
+const MAX_SECONDS: u64 = 366 * 24 * 3600;
+
+fn check_seconds(key: &str, seconds: u64) -> Result<(), String> {
+    if seconds > MAX_SECONDS {
+        return Err(format!("{key} = {seconds} is longer than a year"));
+    }
+    Ok(())
+}
+
 fn check(parsed: &ParsedConfig) -> Result<(), ConfigError> {
     let config = &parsed.config;
+    check_seconds("shutdownGraceSeconds", config.shutdown_grace_seconds)
+        .map_err(|message| parsed.file_error(message))?;
     crate::limits::check(&config.defaults.rlimits)
         .map_err(|message| parsed.file_error(format!("[defaults.rlimits]: {message}")))?;
 
@@ -349,8 +362,12 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
             task.rate_limit
         ));
     }
-    if task.rate_limit > 0.0 && task.rate_limit < 1e-6 {
-        return Err(format!("rateLimit {} is too small", task.rate_limit));
+    if task.rate_limit > 0.0 && !(1e-6..=1e6).contains(&task.rate_limit) {
+        return Err(format!(
+            "rateLimit {} is outside 0.000001 to 1000000 requests per second \
+             (0 means no limit)",
+            task.rate_limit
+        ));
     }
 
     for variable in task.environment.keys() {
@@ -386,8 +403,16 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
         }
     }
 
-    if task.execution_timeout_seconds > 366 * 24 * 3600 {
-        return Err("executionTimeoutSeconds is longer than a year".into());
+    let durations = [
+        ("executionTimeoutSeconds", task.execution_timeout_seconds),
+        ("killGraceSeconds", task.kill_grace_seconds),
+        (
+            "asyncResultRetentionSeconds",
+            task.async_result_retention_seconds,
+        ),
+    ];
+    for (key, seconds) in durations {
+        check_seconds(key, seconds)?;
     }
     crate::limits::check(&task.rlimits).map_err(|message| format!("rlimits: {message}"))
 }

@@ -29,6 +29,13 @@ const NEW_PARALLELISM: u32 = 4;
 /// A presented key longer than this is rejected before decoding; real keys are ~70 chars.
 const MAX_PRESENTED_KEY_CHARS: usize = 1024;
 
+/// Largest argon2 parameters a keys file may use. A verification costs this much
+/// memory and time for any request that names the key's id, with or without the
+/// right key, so a typo such as 65536 MiB would let anyone abort the daemon.
+const MAX_MEMORY_MIB: u32 = 1024;
+const MAX_TIME_COST: u32 = 16;
+const MAX_PARALLELISM: u32 = 64;
+
 /// Reports whether `name` is usable as a key name, which ends up in logs and metric labels.
 pub fn is_valid_key_name(name: &str) -> bool {
     crate::config::is_valid_name(name) && name.len() <= 64
@@ -134,6 +141,16 @@ impl StoredKey {
         };
         if stored.hash.len() < 4 {
             return Err("the hash is missing or shorter than 4 bytes".into());
+        }
+        if stored.memory_mib > MAX_MEMORY_MIB
+            || stored.time_cost > MAX_TIME_COST
+            || stored.parallelism > MAX_PARALLELISM
+        {
+            return Err(format!(
+                "argon2 parameters (memory {} MiB, time cost {}, parallelism {}) are above \
+                 the maximum ({MAX_MEMORY_MIB} MiB, {MAX_TIME_COST}, {MAX_PARALLELISM})",
+                stored.memory_mib, stored.time_cost, stored.parallelism
+            ));
         }
         stored
             .argon2()
@@ -318,7 +335,7 @@ impl KeyStore {
 
     /// Reads and parses the keys file; a missing file is an empty store.
     pub fn load(path: &Path) -> Result<KeyStore, KeysError> {
-        match fs::read_to_string(path) {
+        match crate::load::read_text(path) {
             Ok(text) => KeyStore::parse(path, &text),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 let mut store = KeyStore::parse(path, "")?;
@@ -446,7 +463,7 @@ struct ExistingFile {
 }
 
 fn read_for_update(path: &Path) -> Result<(BTreeMap<String, String>, ExistingFile), KeysError> {
-    let existing = match fs::read_to_string(path) {
+    let existing = match crate::load::read_text(path) {
         Ok(text) => {
             let metadata = fs::metadata(path).map_err(|source| KeysError::Read {
                 path: path.to_owned(),

@@ -95,7 +95,7 @@ fn load_into(
     fingerprint: &mut blake3::Hasher,
     files: &mut Vec<PathBuf>,
 ) -> Result<Loaded, LoadError> {
-    let config_text = fs::read_to_string(&paths.config).map_err(|error| {
+    let config_text = read_text(&paths.config).map_err(|error| {
         fingerprint.update(error.to_string().as_bytes());
         LoadError::Config(ConfigError {
             path: paths.config.clone(),
@@ -106,7 +106,7 @@ fn load_into(
     })?;
     add_to_fingerprint(fingerprint, config_text.as_bytes());
 
-    let keys_read = fs::read(&paths.keys);
+    let keys_read = read_regular_file(&paths.keys);
     match &keys_read {
         Ok(bytes) => add_to_fingerprint(fingerprint, bytes),
         Err(error) => add_to_fingerprint(fingerprint, error.to_string().as_bytes()),
@@ -123,6 +123,43 @@ fn load_into(
         warnings,
         files: files.clone(),
     })
+}
+
+/// Largest configuration, keys or secret file rtask reads.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a configuration, keys or secret file. Anything but a regular file is an error:
+/// opening a FIFO would block the reload, and a device could be read forever.
+pub fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if metadata.len() > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads a file as with [`read_regular_file`], as UTF-8 text.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_regular_file(path)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 fn add_to_fingerprint(fingerprint: &mut blake3::Hasher, bytes: &[u8]) {
@@ -174,7 +211,7 @@ fn read_webhooks(
         }
         for (name, path) in &task.webhook_secret_files {
             files.push(path.clone());
-            let text = fs::read_to_string(path).map_err(|error| {
+            let text = read_text(path).map_err(|error| {
                 config.task_error(
                     task_name,
                     format!(
