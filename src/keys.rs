@@ -424,6 +424,7 @@ pub fn add_key(path: &Path, name: &str) -> Result<String, KeysError> {
     if !is_valid_key_name(name) {
         return Err(KeysError::InvalidName(name.to_owned()));
     }
+    let path = &follow_links(path);
     let _lock = lock_directory(path)?;
     let (mut encoded, existing) = read_for_update(path)?;
     if encoded.contains_key(name) {
@@ -449,12 +450,27 @@ pub fn add_key(path: &Path, name: &str) -> Result<String, KeysError> {
 
 /// Removes the key named `name` from the keys file.
 pub fn remove_key(path: &Path, name: &str) -> Result<(), KeysError> {
+    let path = &follow_links(path);
     let _lock = lock_directory(path)?;
     let (mut encoded, existing) = read_for_update(path)?;
     if encoded.remove(name).is_none() {
         return Err(KeysError::NotFound(name.to_owned()));
     }
     write_atomically(path, &encoded, existing.metadata.as_ref())
+}
+
+/// Returns the file a chain of symlinks leads to, which may not exist yet. Writing
+/// there, instead of renaming over the link, keeps a linked keys file linked.
+fn follow_links(path: &Path) -> PathBuf {
+    let mut current = path.to_owned();
+    // The kernel's own limit on links followed in one lookup.
+    for _ in 0..40 {
+        let Ok(target) = fs::read_link(&current) else {
+            return current;
+        };
+        current = parent_directory(&current).join(target);
+    }
+    current
 }
 
 struct ExistingFile {
@@ -600,6 +616,21 @@ mod tests {
         let mut presented = PresentedKey::decode(key).unwrap();
         presented.secret[0] ^= 1;
         assert!(!store.get(name).unwrap().stored.matches(&presented.secret));
+    }
+
+    #[test]
+    fn add_key_keeps_symlink() {
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::create_dir(directory.path().join("real")).unwrap();
+        std::fs::write(directory.path().join("real/keys.toml"), "").unwrap();
+        let link = directory.path().join("keys.toml");
+        std::os::unix::fs::symlink("real/keys.toml", &link).unwrap();
+
+        add_key(&link, "via-link").unwrap();
+
+        assert!(link.is_symlink());
+        let stored = std::fs::read_to_string(directory.path().join("real/keys.toml")).unwrap();
+        assert!(stored.contains("via-link"), "{stored}");
     }
 
     #[test]
