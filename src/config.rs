@@ -248,7 +248,7 @@ struct TaskSpans {
 /// numbers, header and variable names, and resource limits.
 pub fn parse(path: &Path, text: &str) -> Result<ParsedConfig, ConfigError> {
     let spans: Option<TaskSpans> = toml::from_str(text).ok();
-    let task_starts: Vec<(usize, String)> = spans
+    let mut task_starts: Vec<(usize, String)> = spans
         .map(|spans| {
             spans
                 .tasks
@@ -257,6 +257,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ParsedConfig, ConfigError> {
                 .collect()
         })
         .unwrap_or_default();
+    task_starts.extend(task_headers(text));
 
     let config: Config = toml::from_str(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
@@ -282,15 +283,18 @@ pub fn parse(path: &Path, text: &str) -> Result<ParsedConfig, ConfigError> {
 }
 
 /// Finds the task an error span belongs to. An error about a whole table (a missing
-/// field) spans the table, header included, so the one task name inside the span
-/// wins. Otherwise the task whose name starts last before the span contains it, which
+/// field) spans the table, header included, so a task named inside the span, if it is
+/// the only one, wins. Otherwise the task whose name starts last before the span contains it, which
 /// is true for every layout TOML allows except a task split over several tables.
 fn task_at(task_starts: &[(usize, String)], span: &Range<usize>) -> Option<String> {
-    let mut names_inside = task_starts
+    let mut names_inside: Vec<&String> = task_starts
         .iter()
-        .filter(|(offset, _)| span.contains(offset));
-    let inside = match (names_inside.next(), names_inside.next()) {
-        (Some(only), None) => Some(only),
+        .filter(|(offset, _)| span.contains(offset))
+        .map(|(_, name)| name)
+        .collect();
+    names_inside.dedup();
+    let inside = match names_inside.as_slice() {
+        [only] => Some((*only).clone()),
         _ => None,
     };
     let before = || {
@@ -299,7 +303,39 @@ fn task_at(task_starts: &[(usize, String)], span: &Range<usize>) -> Option<Strin
             .filter(|(offset, _)| *offset <= span.start)
             .max_by_key(|(offset, _)| *offset)
     };
-    inside.or_else(before).map(|(_, name)| name.clone())
+    inside.or_else(|| before().map(|(_, name)| name.clone()))
+}
+
+/// Finds every table header that belongs to a task, such as `[tasks.a.environment]`,
+/// with its offset. A task's sub-tables may come after other tasks, and an error inside
+/// one belongs to the task the header names.
+fn task_headers(text: &str) -> Vec<(usize, String)> {
+    let mut headers = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let line_offset = offset;
+        offset += line.len();
+        let Some(rest) = trimmed.strip_prefix('[') else {
+            continue;
+        };
+        let Some((key, _)) = rest.split_once(']') else {
+            continue;
+        };
+        if key.starts_with('[') {
+            continue;
+        }
+        // Parsing `KEY = 0` lets the TOML parser handle quoting and dots in the key.
+        let Ok(table) = toml::from_str::<toml::Table>(&format!("{key} = 0")) else {
+            continue;
+        };
+        if let Some(toml::Value::Table(tasks)) = table.get("tasks")
+            && let Some(name) = tasks.keys().next()
+        {
+            headers.push((line_offset, name.clone()));
+        }
+    }
+    headers
 }
 
 /// Reports whether `name` can be used unescaped as a URL path segment and a metric label.
@@ -474,6 +510,14 @@ mod tests {
         let text = "[tasks.b]\nworkdir = \"/\"\n\n[tasks.a]\ncommand = [\"true\"]\n";
         let error = parse_text(text).unwrap_err();
         assert_eq!(error.task.as_deref(), Some("b"), "{error}");
+    }
+
+    #[test]
+    fn subtable_error_names_its_task() {
+        let text = "[tasks.alpha]\ncommand = [\"true\"]\n\n[tasks.beta]\ncommand = [\"true\"]\n\n[tasks.alpha.environment]\nFOO = 1\n";
+        let error = parse_text(text).unwrap_err();
+        assert_eq!(error.task.as_deref(), Some("alpha"), "{error}");
+        assert_eq!(error.location.map(|l| l.line), Some(8));
     }
 
     #[test]
