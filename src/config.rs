@@ -292,6 +292,7 @@ fn task_at(task_starts: &[(usize, String)], span: &Range<usize>) -> Option<Strin
         .filter(|(offset, _)| span.contains(offset))
         .map(|(_, name)| name)
         .collect();
+    names_inside.sort();
     names_inside.dedup();
     let inside = match names_inside.as_slice() {
         [only] => Some((*only).clone()),
