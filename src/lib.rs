@@ -75,6 +75,11 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
+    // Handlers go in first: SIGHUP's default action ends the process, and a reload
+    // requested during startup is served once the reloader runs.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let hangups = signal(SignalKind::hangup())?;
     let metrics = Arc::new(Metrics::new());
     let reloader = Reloader::start(paths, metrics.clone()).map_err(DaemonError::Config)?;
     let supervisor = Supervisor::start(metrics.clone())?;
@@ -127,10 +132,8 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
     };
 
     tokio::spawn(reload::watch(reloader.clone()));
-    tokio::spawn(reload::reload_on_sighup(reloader.clone()));
+    tokio::spawn(reload::reload_on_sighup(reloader.clone(), hangups));
     tokio::spawn(sweep_results(results));
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     systemd::notify(&[NotifyState::Ready, NotifyState::Status(&reloader.status())]);
     if let Some(interval) = systemd::watchdog_interval() {
         tracing::info!(

@@ -301,14 +301,7 @@ fn update_watches(
 }
 
 /// Reloads on every SIGHUP, even when no file changed.
-pub async fn reload_on_sighup(reloader: Arc<Reloader>) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signals) => signals,
-        Err(error) => {
-            tracing::error!(%error, "failed to listen for SIGHUP");
-            return;
-        }
-    };
+pub async fn reload_on_sighup(reloader: Arc<Reloader>, mut hangups: tokio::signal::unix::Signal) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP received, reloading");
         let reloading = reloader.clone();
