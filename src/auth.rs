@@ -4,7 +4,10 @@
 //! selects the one stored hash to try. A key that passed is cached as a keyed hash and
 //! accepted again with a constant-time compare until the keys file changes. Verifications
 //! run on the blocking pool, a few at a time, so a flood of wrong keys cannot take more
-//! than a bounded amount of memory (64 MiB each with the default parameters).
+//! than a bounded amount of memory (64 MiB each with the default parameters). Requests
+//! beyond a short queue are rejected at once instead of waiting behind the flood.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -17,12 +20,41 @@ use crate::tasks::Task;
 /// How many argon2 verifications may run at once.
 pub const PARALLEL_VERIFICATIONS: usize = 2;
 
+/// How many requests may wait for a verification; more get 503 at once. At about 55 ms
+/// a verification (see BENCHMARKS.md), the last of them waits about a second.
+pub const QUEUED_VERIFICATIONS: usize = 32;
+
+/// The argon2 verifications running and waiting.
+#[derive(Debug)]
+pub struct Verifier {
+    running: Semaphore,
+    waiting: AtomicUsize,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            running: Semaphore::new(PARALLEL_VERIFICATIONS),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Counts a request in the verification queue while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Returns the name of the key that authenticates the request for `task`.
 pub async fn authenticate(
     task: &Task,
     keys: &KeyStore,
     headers: &HeaderMap,
-    verifications: &Semaphore,
+    verifier: &Verifier,
 ) -> Result<String, RejectionReason> {
     let value = headers
         .get(AUTHORIZATION)
@@ -46,10 +78,17 @@ pub async fn authenticate(
     if entry.is_cached(&digest) {
         return Ok(entry.name.clone());
     }
-    let _permit = verifications
+    if verifier.waiting.fetch_add(1, Ordering::Relaxed) >= QUEUED_VERIFICATIONS {
+        verifier.waiting.fetch_sub(1, Ordering::Relaxed);
+        return Err(RejectionReason::VerificationBusy);
+    }
+    let waiting = Waiting(&verifier.waiting);
+    let _permit = verifier
+        .running
         .acquire()
         .await
         .map_err(|_| RejectionReason::InvalidKey)?;
+    drop(waiting);
     // Another request may have verified the same key while this one waited.
     if entry.is_cached(&digest) {
         return Ok(entry.name.clone());

@@ -300,6 +300,17 @@ impl std::fmt::Debug for KeyStore {
 impl KeyStore {
     /// Parses the contents of a keys file.
     pub fn parse(path: &Path, text: &str) -> Result<KeyStore, KeysError> {
+        KeyStore::parse_after(path, text, None)
+    }
+
+    /// Parses the contents of a keys file that replaces `previous`. A key whose stored
+    /// hash did not change keeps its verification cache; a removed or replaced key
+    /// loses it.
+    pub fn parse_after(
+        path: &Path,
+        text: &str,
+        previous: Option<&KeyStore>,
+    ) -> Result<KeyStore, KeysError> {
         let encoded = parse_table(path, text)?;
         let mut by_name = BTreeMap::new();
         let mut names_by_id: HashMap<u32, &str> = HashMap::new();
@@ -316,15 +327,29 @@ impl KeyStore {
                     message: format!("id {} is also used by key \"{other}\"", stored.id),
                 });
             }
-            let entry = KeyEntry {
-                name: name.clone(),
-                stored,
-                verified: OnceLock::new(),
+            let unchanged = previous
+                .and_then(|previous| previous.by_name.get(name))
+                .filter(|entry| entry.stored == stored);
+            let entry = match unchanged {
+                Some(entry) => entry.clone(),
+                None => Arc::new(KeyEntry {
+                    name: name.clone(),
+                    stored,
+                    verified: OnceLock::new(),
+                }),
             };
-            by_name.insert(name.clone(), Arc::new(entry));
+            by_name.insert(name.clone(), entry);
         }
-        let mut cache_key = [0u8; 32];
-        getrandom::fill(&mut cache_key).map_err(|error| KeysError::Random(error.to_string()))?;
+        // The cached digests are keyed with the cache key, so kept entries need it.
+        let cache_key = match previous {
+            Some(previous) => previous.cache_key,
+            None => {
+                let mut cache_key = [0u8; 32];
+                getrandom::fill(&mut cache_key)
+                    .map_err(|error| KeysError::Random(error.to_string()))?;
+                cache_key
+            }
+        };
         Ok(KeyStore {
             by_name,
             cache_key,

@@ -89,7 +89,7 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
         results: results.clone(),
         metrics: metrics.clone(),
         supervisor: supervisor.clone(),
-        verifications: tokio::sync::Semaphore::new(auth::PARALLEL_VERIFICATIONS),
+        verifier: auth::Verifier::default(),
     });
 
     let stop = CancellationToken::new();

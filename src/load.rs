@@ -190,7 +190,7 @@ fn keys_from(
         line: 1,
         message: "the file is not UTF-8".into(),
     })?;
-    let mut store = KeyStore::parse(&paths.keys, &text)?;
+    let mut store = KeyStore::parse_after(&paths.keys, &text, previous.map(|keys| &**keys))?;
     store.file_exists = exists;
     Ok(Arc::new(store))
 }
@@ -271,6 +271,16 @@ fn collect_warnings(config: &ParsedConfig, keys: &KeyStore, paths: &Paths) -> Ve
             warnings.push(format!(
                 "task \"{task_name}\" has neither apiKeyNames nor webhook secrets: \
                  nothing can run it"
+            ));
+        }
+        if task
+            .pass_request_headers
+            .iter()
+            .any(|header| header.eq_ignore_ascii_case("authorization"))
+        {
+            warnings.push(format!(
+                "task \"{task_name}\" passes the Authorization header: the task's \
+                 environment gets the caller's API key"
             ));
         }
         if let Some(workdir) = &task.workdir

@@ -44,6 +44,8 @@ pub enum RejectionReason {
     LimitExceeded,
     MaxConcurrent,
     InputTooLarge,
+    /// Too many requests were waiting for an argon2 verification.
+    VerificationBusy,
 }
 
 impl RejectionReason {
@@ -57,6 +59,7 @@ impl RejectionReason {
             RejectionReason::LimitExceeded => "limit_exceeded",
             RejectionReason::MaxConcurrent => "max_concurrent",
             RejectionReason::InputTooLarge => "input_too_large",
+            RejectionReason::VerificationBusy => "verification_busy",
         }
     }
 }

@@ -38,6 +38,9 @@ impl ApiError {
                 "too many runs of this task at once (maxConcurrentTasks), try again later"
             }
             RejectionReason::InputTooLarge => "request body is larger than maxInputBytes",
+            RejectionReason::VerificationBusy => {
+                "too many API keys waiting for verification, try again later"
+            }
         };
         ApiError::Rejected(reason, message.to_owned())
     }
@@ -54,6 +57,7 @@ impl ApiError {
                     StatusCode::TOO_MANY_REQUESTS
                 }
                 RejectionReason::InputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                RejectionReason::VerificationBusy => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::TaskNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
+use crate::auth;
 use crate::metrics::{Metrics, RejectionReason};
 use crate::results::ResultStore;
 use crate::runner::{Outcome, RunRequest, Supervisor};
@@ -37,8 +38,8 @@ pub struct AppState {
     pub results: Arc<ResultStore>,
     pub metrics: Arc<Metrics>,
     pub supervisor: Arc<Supervisor>,
-    /// Bounds the argon2 verifications that run at once.
-    pub verifications: Semaphore,
+    /// Bounds the argon2 verifications that run and wait at once.
+    pub verifier: auth::Verifier,
 }
 
 impl AppState {

@@ -33,7 +33,7 @@ pub async fn task_run(
     let Path(name) = name.map_err(|rejection| invalid_path(&rejection))?;
     let table = state.table.load_full();
     let task = table.task(&name).ok_or(ApiError::TaskNotFound)?.clone();
-    let key_name = auth::authenticate(&task, &table.keys, &headers, &state.verifications)
+    let key_name = auth::authenticate(&task, &table.keys, &headers, &state.verifier)
         .await
         .map_err(|reason| state.reject(&task, reason))?;
     execute(state, task, key_name, headers, body).await
@@ -71,7 +71,7 @@ pub async fn task_status(
         (None, Some((task, _))) => task.clone(),
         (None, None) => return Err(ApiError::TaskNotFound),
     };
-    auth::authenticate(&task, &table.keys, &headers, &state.verifications)
+    auth::authenticate(&task, &table.keys, &headers, &state.verifier)
         .await
         .map_err(|reason| state.reject(&task, reason))?;
     match stored {
