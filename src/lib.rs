@@ -131,7 +131,11 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
         None => None,
     };
 
-    tokio::spawn(reload::watch(reloader.clone()));
+    // The watches exist before READY=1, so a change made right after it is seen.
+    if let Some(file_watch) = reload::start_watching(&reloader) {
+        reloader.catch_up();
+        tokio::spawn(reload::watch(reloader.clone(), file_watch));
+    }
     tokio::spawn(reload::reload_on_sighup(reloader.clone(), hangups));
     tokio::spawn(sweep_results(results));
     systemd::notify(&[NotifyState::Ready, NotifyState::Status(&reloader.status())]);
@@ -148,14 +152,23 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
         _ = interrupt.recv() => "SIGINT",
     };
     systemd::notify(&[NotifyState::Stopping]);
-    let grace = reloader.table().load().shutdown_grace;
+    let table = reloader.table().load_full();
+    let grace = table.shutdown_grace;
     tracing::info!(
         signal = signal_name,
         grace_seconds = grace.as_secs(),
         "stopping"
     );
     stop.cancel();
-    shut_down(&supervisor, api_server, metrics_server, grace).await;
+    let longest_kill_grace = table.longest_kill_grace();
+    shut_down(
+        &supervisor,
+        api_server,
+        metrics_server,
+        grace,
+        longest_kill_grace,
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -167,6 +180,7 @@ async fn shut_down(
     api_server: tokio::task::JoinHandle<()>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
+    longest_kill_grace: Duration,
 ) {
     let deadline = tokio::time::Instant::now() + grace;
     if !supervisor.wait_idle(grace).await {
@@ -175,8 +189,17 @@ async fn shut_down(
             "runs still going after the shutdown grace period, stopping them"
         );
         supervisor.stop_all();
+        if !supervisor
+            .wait_idle(runner::stop_duration(longest_kill_grace))
+            .await
+        {
+            tracing::error!(
+                running = supervisor.running_count(),
+                "runs still going after SIGKILL, exiting anyway"
+            );
+        }
     }
-    // The runs are over or being stopped; what remains is sending their responses.
+    // The runs are over; what remains is sending their responses.
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let limit = remaining.max(Duration::from_secs(1));
     if tokio::time::timeout(limit, api_server).await.is_err() {

@@ -96,6 +96,16 @@ impl Reloader {
     /// Reloads. Unless `forced`, nothing happens when the inputs did not change since
     /// the last attempt.
     pub fn reload(&self, trigger: &str, forced: bool) {
+        self.reload_and_notify(trigger, forced, true);
+    }
+
+    /// Reloads if the inputs changed since the first load, without telling systemd,
+    /// which is still waiting for the first `READY=1`.
+    pub fn catch_up(&self) {
+        self.reload_and_notify("file change during startup", false, false);
+    }
+
+    fn reload_and_notify(&self, trigger: &str, forced: bool, notify_systemd: bool) {
         let current = self.table.load_full();
         let attempt = load::load(&self.paths, Some(&current.keys));
         {
@@ -108,10 +118,14 @@ impl Reloader {
             state.fingerprint = Some(attempt.fingerprint);
         }
 
-        systemd::notify_reloading();
+        if notify_systemd {
+            systemd::notify_reloading();
+        }
         let status = self.apply(attempt, trigger, &current);
         self.lock().status = status.clone();
-        systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        if notify_systemd {
+            systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
     }
 
     fn apply(&self, attempt: Attempt, trigger: &str, current: &TaskTable) -> String {
@@ -230,10 +244,18 @@ fn is_change(kind: &EventKind) -> bool {
     }
 }
 
-/// Watches the inputs and reloads after each burst of changes, for as long as the
-/// daemon runs.
-pub async fn watch(reloader: Arc<Reloader>) {
-    let (sender, mut events) = mpsc::unbounded_channel();
+/// The inotify watches on the directories of the inputs, and their events.
+#[derive(Debug)]
+pub struct FileWatch {
+    watcher: RecommendedWatcher,
+    watched: BTreeMap<PathBuf, u64>,
+    events: mpsc::UnboundedReceiver<()>,
+}
+
+/// Sets up the watches for the files of the last load. Call [`Reloader::catch_up`] next:
+/// a file that changed between the load and now raised no event.
+pub fn start_watching(reloader: &Reloader) -> Option<FileWatch> {
+    let (sender, events) = mpsc::unbounded_channel();
     let watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) if is_change(&event.kind) => {
@@ -246,12 +268,25 @@ pub async fn watch(reloader: Arc<Reloader>) {
         Ok(watcher) => watcher,
         Err(error) => {
             tracing::error!(%error, "failed to start the file watcher; reload with SIGHUP");
-            return;
+            return None;
         }
     };
     let mut watched = BTreeMap::new();
     update_watches(&mut watcher, &mut watched, reloader.watched_directories());
+    Some(FileWatch {
+        watcher,
+        watched,
+        events,
+    })
+}
 
+/// Reloads after each burst of changes, for as long as the daemon runs.
+pub async fn watch(reloader: Arc<Reloader>, file_watch: FileWatch) {
+    let FileWatch {
+        mut watcher,
+        mut watched,
+        mut events,
+    } = file_watch;
     while events.recv().await.is_some() {
         let burst_end = tokio::time::Instant::now() + MAX_DEBOUNCE;
         loop {

@@ -36,9 +36,15 @@ pub struct InheritedSockets {
 ///
 /// Must be called before any other thread exists, because it changes the environment.
 pub unsafe fn take_inherited_sockets() -> Result<InheritedSockets, String> {
+    // Sockets meant for another process (LISTEN_PID differs) are not ours, whatever
+    // LISTEN_FDNAMES says; sd-notify would reject the names for the count mismatch.
+    let for_this_process = sd_notify::listen_fds().is_ok_and(|fds| fds.len() > 0);
     // SAFETY: the caller guarantees that no other thread runs.
-    let passed = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
-        .map_err(|error| format!("invalid socket activation variables: {error}"))?;
+    let passed = unsafe { sd_notify::listen_fds_with_names_and_unset_env() };
+    if !for_this_process {
+        return Ok(InheritedSockets::default());
+    }
+    let passed = passed.map_err(|error| format!("invalid socket activation variables: {error}"))?;
     let passed: Vec<(RawFd, String)> = passed.collect();
     let mut sockets = InheritedSockets {
         activated: !passed.is_empty(),

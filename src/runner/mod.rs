@@ -35,6 +35,13 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// pipes to close, before it gives up on them and logs it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// Returns how long stopping a run can take at most once it was told to stop: its
+/// kill grace, two waits for SIGKILL to take effect, the drain, and the waits for its
+/// two pipes.
+pub fn stop_duration(kill_grace: Duration) -> Duration {
+    kill_grace + KILL_WAIT * 4 + DRAIN_AFTER_EXIT
+}
+
 /// Environment variables the daemon consumes itself, which children must not see.
 const CONSUMED_VARIABLES: [&str; 7] = [
     "LISTEN_FDS",
