@@ -47,6 +47,8 @@ pub struct ActivatedBuilder {
     env: Vec<(OsString, OsString)>,
     /// Variables the shell sets to the daemon's pid, such as `WATCHDOG_PID`.
     own_pid_variables: Vec<String>,
+    /// A command that execs the daemon, such as `taskset -c 0`.
+    wrapper: Vec<OsString>,
 }
 
 impl Default for ActivatedBuilder {
@@ -65,6 +67,7 @@ impl ActivatedBuilder {
             run_args: Vec::new(),
             env: Vec::new(),
             own_pid_variables: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -88,7 +91,7 @@ impl ActivatedBuilder {
         self
     }
 
-    /// Sets `LISTEN_FDNAMES`; without it the variable is not set at all.
+    /// Sets `LISTEN_FDNAMES`. Without this call the variable is not set at all.
     pub fn fd_names(mut self, names: &str) -> Self {
         self.fd_names = Some(names.to_owned());
         self
@@ -115,6 +118,13 @@ impl ActivatedBuilder {
     /// Sets `name` to the daemon's own pid.
     pub fn env_daemon_pid(mut self, name: &str) -> Self {
         self.own_pid_variables.push(name.to_owned());
+        self
+    }
+
+    /// Runs the daemon through `wrapper`, a command that must exec its arguments in the
+    /// same process (as `taskset` and `nice` do), so the pid stays the daemon's.
+    pub fn wrapper(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(OsString::from).collect();
         self
     }
 
@@ -157,6 +167,7 @@ impl ActivatedBuilder {
             .arg("-c")
             .arg(script)
             .arg("sh")
+            .args(&self.wrapper)
             .arg(env!("CARGO_BIN_EXE_rtask"))
             .arg("--config")
             .arg(&config_path)
@@ -265,7 +276,7 @@ impl Activated {
 
     /// Waits for an sd_notify datagram with a line matching `expected` (see
     /// [`NotifyRecorder::take_match`]) and returns the datagram. Panics with the
-    /// daemon's stderr on timeout or when the daemon exits first.
+    /// daemon's stderr on timeout, or when the daemon exited without sending it.
     pub async fn wait_for_notify(&mut self, expected: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
@@ -273,8 +284,15 @@ impl Activated {
                 return message;
             }
             if let Some(status) = self.try_exit_status() {
+                // What the daemon sent before it exited is queued on the socket.
+                while self.notify.receive(Duration::from_millis(100)).await {}
+                if let Some(message) = self.notify.take_match(expected) {
+                    return message;
+                }
                 panic!(
-                    "daemon exited with {status} before sending {expected:?}; stderr:\n{}",
+                    "daemon exited with {status} before sending {expected:?}; \
+                     notifications {:?}; stderr:\n{}",
+                    self.notify.messages(),
                     self.stderr()
                 );
             }
@@ -311,10 +329,10 @@ impl Activated {
     }
 
     /// Returns the first stderr line for which `matches` is true, waiting up to
-    /// `timeout` for it. Panics with `what` and the whole stderr on timeout.
+    /// `timeout` for it. Panics with `description` and the whole stderr on timeout.
     pub async fn wait_for_log_line(
         &mut self,
-        what: &str,
+        description: &str,
         timeout: Duration,
         matches: impl Fn(&str) -> bool,
     ) -> String {
@@ -326,7 +344,7 @@ impl Activated {
             }
             assert!(
                 Instant::now() < deadline,
-                "no log line with {what} within {timeout:?}; stderr:\n{stderr}"
+                "no log line with {description} within {timeout:?}; stderr:\n{stderr}"
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }

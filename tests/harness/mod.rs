@@ -7,11 +7,12 @@
 
 #![allow(dead_code, reason = "not every test module uses every helper")]
 
+pub mod activation;
 mod cli;
+pub mod contention;
 mod fds;
 mod metrics;
 mod notify;
-pub mod activation;
 pub mod procfs;
 pub mod raw_http;
 

@@ -7,8 +7,13 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 
 /// Name of the environment variable that tests set to a [`unique_marker`] in a task's
 /// `environment` table.
@@ -81,8 +86,10 @@ pub fn has_env(pid: i32, name: &str, value: &str) -> bool {
     let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
-    let wanted = format!("{name}={value}").into_bytes();
-    environ.split(|byte| *byte == 0).any(|entry| entry == wanted)
+    let expected = format!("{name}={value}").into_bytes();
+    environ
+        .split(|byte| *byte == 0)
+        .any(|entry| entry == expected)
 }
 
 /// Returns the live (non-zombie) processes whose environment contains `NAME=VALUE`.
@@ -98,6 +105,30 @@ pub fn with_env(name: &str, value: &str) -> Vec<ProcessStat> {
 /// Returns the live processes that carry `RTASK_TEST_MARKER=marker`.
 pub fn with_marker(marker: &str) -> Vec<ProcessStat> {
     with_env(MARKER_VARIABLE, marker)
+}
+
+/// Kills with SIGKILL, when dropped, every process that still carries a marker, so
+/// that a test that fails because the daemon left processes behind does not leave
+/// them running after the test.
+#[derive(Debug)]
+pub struct MarkerGuard {
+    marker: String,
+}
+
+impl MarkerGuard {
+    pub fn new(marker: &str) -> Self {
+        Self {
+            marker: marker.to_owned(),
+        }
+    }
+}
+
+impl Drop for MarkerGuard {
+    fn drop(&mut self) {
+        for process in with_marker(&self.marker) {
+            let _ = signal::kill(Pid::from_raw(process.pid), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Returns the zombie children of `parent`.
@@ -125,6 +156,81 @@ pub fn vm_rss_bytes(pid: i32) -> u64 {
     kib * 1024
 }
 
+/// Reports whether `pid` has installed a handler for `signal`, from the `SigCgt` mask
+/// in `/proc/PID/status`. Panics when the process is gone.
+pub fn catches_signal(pid: i32, signal: Signal) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|err| panic!("read /proc/{pid}/status: {err}"));
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no SigCgt line in /proc/{pid}/status:\n{status}"));
+    // Bit N-1 is signal number N.
+    mask & (1 << (signal as i32 - 1)) != 0
+}
+
+/// Waits up to 10 s until `pid` catches `signal`, for a test that must not race the
+/// daemon's handler setup.
+pub async fn wait_catches_signal(pid: i32, signal: Signal) {
+    super::wait_until(
+        &format!("process {pid} catches {signal}"),
+        std::time::Duration::from_secs(10),
+        async || catches_signal(pid, signal),
+    )
+    .await;
+}
+
+/// Returns the inodes that the inotify instances of `pid` watch, from the
+/// `inotify wd:N ino:HEX ...` lines in `/proc/PID/fdinfo`.
+pub fn inotify_watched_inodes(pid: i32) -> BTreeSet<u64> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return BTreeSet::new();
+    };
+    let mut inodes = BTreeSet::new();
+    for entry in entries.flatten() {
+        let is_inotify = fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_str() == Some("anon_inode:inotify"));
+        if !is_inotify {
+            continue;
+        }
+        let info_path = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let Ok(info) = fs::read_to_string(info_path) else {
+            continue;
+        };
+        for line in info.lines().filter(|line| line.starts_with("inotify ")) {
+            let inode = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("ino:"))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            inodes.extend(inode);
+        }
+    }
+    inodes
+}
+
+/// Waits up to 10 s until `pid` has an inotify watch on each of `directories`, so that
+/// a test changes files only once the daemon can see the change.
+pub async fn wait_watching(pid: i32, directories: &[&Path]) {
+    let inodes: Vec<u64> = directories
+        .iter()
+        .map(|directory| {
+            fs::metadata(directory)
+                .unwrap_or_else(|err| panic!("stat {}: {err}", directory.display()))
+                .ino()
+        })
+        .collect();
+    super::wait_until(
+        &format!("process {pid} watches {directories:?}"),
+        std::time::Duration::from_secs(10),
+        async || {
+            let watched = inotify_watched_inodes(pid);
+            inodes.iter().all(|inode| watched.contains(inode))
+        },
+    )
+    .await;
+}
+
 /// Returns the inodes of the sockets that `pid` has open, from the `socket:[INODE]`
 /// links in `/proc/PID/fd`.
 pub fn socket_inodes(pid: i32) -> BTreeSet<u64> {
@@ -135,7 +241,11 @@ pub fn socket_inodes(pid: i32) -> BTreeSet<u64> {
         .filter_map(|entry| fs::read_link(entry.path()).ok())
         .filter_map(|target| {
             let target = target.to_str()?;
-            target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
         })
         .collect()
 }
@@ -147,7 +257,7 @@ pub fn listening_socket_inodes(pid: i32) -> BTreeSet<u64> {
     for table in ["tcp", "tcp6"] {
         let path = format!("/proc/{pid}/net/{table}");
         let text = fs::read_to_string(&path).unwrap_or_else(|err| panic!("read {path}: {err}"));
-        // Columns: sl local_address rem_address st ... uid timeout inode; st 0A is LISTEN.
+        // Columns: sl local_address rem_address st ... uid timeout inode. State 0A is LISTEN.
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.get(3) == Some(&"0A")
@@ -159,7 +269,7 @@ pub fn listening_socket_inodes(pid: i32) -> BTreeSet<u64> {
     }
     let path = format!("/proc/{pid}/net/unix");
     let text = fs::read_to_string(&path).unwrap_or_else(|err| panic!("read {path}: {err}"));
-    // Columns: Num RefCount Protocol Flags Type St Inode [Path]; flag 00010000 is
+    // Columns: Num RefCount Protocol Flags Type St Inode [Path]. Flag 00010000 is
     // __SO_ACCEPTCON (listening), type 0001 is SOCK_STREAM.
     for line in text.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -178,9 +288,7 @@ pub fn listening_socket_inodes(pid: i32) -> BTreeSet<u64> {
 /// Returns how many listening stream sockets `pid` has open.
 pub fn listening_socket_count(pid: i32) -> usize {
     let listening = listening_socket_inodes(pid);
-    socket_inodes(pid)
-        .intersection(&listening)
-        .count()
+    socket_inodes(pid).intersection(&listening).count()
 }
 
 #[test]

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// Time limit of one request, so a hung daemon fails the test.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A parsed HTTP response.
 #[derive(Debug)]
 pub struct RawResponse {
@@ -74,6 +77,23 @@ pub fn unix_exchange(path: &Path, request: &[u8], timeout: Duration) -> io::Resu
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     exchange(&mut stream, request)
+}
+
+/// Runs [`tcp_exchange`] on the blocking pool. Panics when the connection fails.
+pub async fn tcp_request(addr: SocketAddr, request: Vec<u8>) -> RawResponse {
+    tokio::task::spawn_blocking(move || tcp_exchange(addr, &request, REQUEST_TIMEOUT))
+        .await
+        .expect("request thread")
+        .unwrap_or_else(|err| panic!("HTTP request to {addr}: {err}"))
+}
+
+/// Runs [`unix_exchange`] on the blocking pool. Panics when the connection fails.
+pub async fn unix_request(path: &Path, request: Vec<u8>) -> RawResponse {
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || unix_exchange(&owned, &request, REQUEST_TIMEOUT))
+        .await
+        .expect("request thread")
+        .unwrap_or_else(|err| panic!("HTTP request to {}: {err}", path.display()))
 }
 
 /// Sends `request` in one write and reads the response until the server closes.
