@@ -1,0 +1,168 @@
+//! Graceful stop on SIGTERM: runs in flight finish within `shutdownGraceSeconds`, the
+//! rest are stopped and answered with `canceled`, and the daemon exits 0 with nothing of
+//! its tasks left running.
+
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use reqwest::Method;
+
+use super::KEY_NAME;
+use crate::harness::procfs::{self, MarkerGuard, marker_environment, unique_marker};
+use crate::harness::{Daemon, DaemonBuilder, Reply, secs, wait_until};
+
+/// Time a task process may take to appear after the request was sent.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn start(config: &str) -> (Daemon, String) {
+    let builder = DaemonBuilder::new();
+    let key = builder.add_key(KEY_NAME);
+    (builder.start(config).await, key)
+}
+
+/// Sends `POST /tasks/{task}` and, once a process with `marker` runs, SIGTERM to the
+/// daemon. Returns the reply, or the error when no response came, and the time from
+/// SIGTERM to the end of the request.
+async fn post_then_sigterm(
+    daemon: &Daemon,
+    task: &str,
+    key: &str,
+    marker: &str,
+) -> (Result<Reply, String>, Duration) {
+    let mut signaled = None;
+    let reply = {
+        let request = async {
+            let response = daemon
+                .request(Method::POST, &format!("/tasks/{task}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .map_err(|err| format!("no response: {err:?}"))?;
+            let status = response.status().as_u16();
+            let body = response.bytes().await.map_err(|err| err.to_string())?;
+            Ok(Reply {
+                status,
+                body: body.to_vec(),
+            })
+        };
+        let stop = async {
+            wait_until("task process started", SPAWN_TIMEOUT, async || {
+                !procfs::with_marker(marker).is_empty()
+            })
+            .await;
+            daemon.signal(Signal::SIGTERM);
+            signaled = Some(Instant::now());
+        };
+        tokio::join!(request, stop).0
+    };
+    let elapsed = signaled.expect("SIGTERM sent").elapsed();
+    (reply, elapsed)
+}
+
+async fn wait_for_exit(daemon: &mut Daemon) -> ExitStatus {
+    let mut exit = None;
+    wait_until("daemon exited after SIGTERM", secs(15.0), async || {
+        exit = daemon.try_exit_status();
+        exit.is_some()
+    })
+    .await;
+    exit.expect("exit status")
+}
+
+#[tokio::test]
+async fn stop_lets_sync_task_finish() {
+    let marker = unique_marker();
+    let _cleanup = MarkerGuard::new(&marker);
+    let (mut daemon, key) = start(&format!(
+        r#"
+[tasks.slow]
+command = ["sh", "-c", "sleep 2; echo finished"]
+apiKeyNames = ["ci"]
+environment = {}
+"#,
+        marker_environment(&marker)
+    ))
+    .await;
+
+    let (reply, _) = post_then_sigterm(&daemon, "slow", &key, &marker).await;
+    let status = wait_for_exit(&mut daemon).await;
+    let reply = reply.expect("response to the request in flight");
+
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let result = reply.json();
+    assert_eq!(result["status"], "success");
+    assert_eq!(result["stdout"], "finished\n");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn stop_cancels_after_grace() {
+    let marker = unique_marker();
+    let _cleanup = MarkerGuard::new(&marker);
+    let (mut daemon, key) = start(&format!(
+        r#"
+shutdownGraceSeconds = 1
+
+[tasks.long]
+command = ["sleep", "30"]
+apiKeyNames = ["ci"]
+killGraceSeconds = 2
+environment = {}
+"#,
+        marker_environment(&marker)
+    ))
+    .await;
+
+    let (reply, elapsed) = post_then_sigterm(&daemon, "long", &key, &marker).await;
+    let status = wait_for_exit(&mut daemon).await;
+    let reply = reply.expect("response to the request in flight");
+
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let result = reply.json();
+    assert_eq!(result["status"], "canceled");
+    assert_eq!(result["exit_code"], -1);
+    // Shutdown grace 1 s, then SIGTERM, which `sleep` obeys at once, within the 2 s
+    // kill grace.
+    assert!(elapsed >= secs(0.9), "answered {elapsed:?} after SIGTERM");
+    assert!(
+        elapsed < secs(1.0 + 2.0 + 2.0),
+        "answered {elapsed:?} after SIGTERM"
+    );
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(procfs::with_marker(&marker), []);
+}
+
+#[tokio::test]
+async fn stop_kills_term_ignoring_task() {
+    let marker = unique_marker();
+    let _cleanup = MarkerGuard::new(&marker);
+    let (mut daemon, key) = start(&format!(
+        r#"
+shutdownGraceSeconds = 1
+
+[tasks.stubborn]
+command = ["sh", "-c", "trap '' TERM; sleep 30"]
+apiKeyNames = ["ci"]
+killGraceSeconds = 2
+environment = {}
+"#,
+        marker_environment(&marker)
+    ))
+    .await;
+
+    let (reply, elapsed) = post_then_sigterm(&daemon, "stubborn", &key, &marker).await;
+    let status = wait_for_exit(&mut daemon).await;
+
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(procfs::with_marker(&marker), []);
+    let reply = reply.expect("response to the request in flight");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["status"], "canceled");
+    // SIGKILL comes only after the shutdown grace plus the kill grace.
+    assert!(elapsed >= secs(2.9), "answered {elapsed:?} after SIGTERM");
+    assert!(
+        elapsed < secs(1.0 + 2.0 + 3.0),
+        "answered {elapsed:?} after SIGTERM"
+    );
+}
