@@ -6,4 +6,8 @@
 mod api;
 mod cli;
 mod harness;
+mod journald;
 mod metrics;
+mod process;
+mod reload;
+mod systemd;
