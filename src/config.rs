@@ -381,6 +381,13 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
              (it is a URL path segment)"
         ));
     }
+    check_command(task)?;
+    check_names(task)?;
+    check_numbers(task)?;
+    crate::limits::check(&task.rlimits).map_err(|message| format!("rlimits: {message}"))
+}
+
+fn check_command(task: &TaskConfig) -> Result<(), String> {
     match task.command.first() {
         None => return Err("command is empty: give at least the program to run".into()),
         Some(program) if program.is_empty() => {
@@ -388,25 +395,14 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
         }
         Some(_) => {}
     }
-
     if task.command.iter().any(|argument| argument.contains('\0')) {
         return Err("command contains a NUL byte".into());
     }
+    Ok(())
+}
 
-    if !task.rate_limit.is_finite() || task.rate_limit < 0.0 {
-        return Err(format!(
-            "rateLimit must be 0 (no limit) or a positive number of requests per second, got {}",
-            task.rate_limit
-        ));
-    }
-    if task.rate_limit > 0.0 && !(1e-6..=1e6).contains(&task.rate_limit) {
-        return Err(format!(
-            "rateLimit {} is outside 0.000001 to 1000000 requests per second \
-             (0 means no limit)",
-            task.rate_limit
-        ));
-    }
-
+/// Checks environment variables, header names, key names and webhook secrets.
+fn check_names(task: &TaskConfig) -> Result<(), String> {
     for variable in task.environment.keys() {
         if variable.is_empty() || variable.contains('=') || variable.contains('\0') {
             return Err(format!("invalid environment variable name \"{variable}\""));
@@ -432,6 +428,24 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
     for (secret_name, secret) in &task.webhook_secrets {
         check_webhook_secret(secret_name, secret.expose())?;
     }
+    Ok(())
+}
+
+/// Checks the rate limit, the histogram buckets and the durations.
+fn check_numbers(task: &TaskConfig) -> Result<(), String> {
+    if !task.rate_limit.is_finite() || task.rate_limit < 0.0 {
+        return Err(format!(
+            "rateLimit must be 0 (no limit) or a positive number of requests per second, got {}",
+            task.rate_limit
+        ));
+    }
+    if task.rate_limit > 0.0 && !(1e-6..=1e6).contains(&task.rate_limit) {
+        return Err(format!(
+            "rateLimit {} is outside 0.000001 to 1000000 requests per second \
+             (0 means no limit)",
+            task.rate_limit
+        ));
+    }
 
     if let Some(buckets) = &task.duration_histogram_buckets {
         let increasing = buckets.windows(2).all(|pair| pair[0] < pair[1]);
@@ -451,7 +465,7 @@ fn check_task(name: &str, task: &TaskConfig) -> Result<(), String> {
     for (key, seconds) in durations {
         check_seconds(key, seconds)?;
     }
-    crate::limits::check(&task.rlimits).map_err(|message| format!("rlimits: {message}"))
+    Ok(())
 }
 
 /// Checks a webhook secret, whether it came from the config or from a secret file.
