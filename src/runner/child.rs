@@ -63,7 +63,39 @@ pub fn spawn(reaper: &Reaper, plan: &CommandPlan) -> io::Result<Spawned> {
             format!("workdir {} is not a directory", workdir.display()),
         ));
     }
+    let (mut command, merged_reader) = build_command(plan)?;
+    let (mut child, exit) = reaper.spawn(|| command.spawn())?;
+    // The command owns the parent's copies of the pipes' write ends. Dropping it lets
+    // the readers reach end-of-file once the children close theirs.
+    drop(command);
 
+    let stdin = pipe::Sender::from_owned_fd(child.stdin.take().expect("stdin is piped").into())?;
+    let (stdout, stderr) = match merged_reader {
+        Some(reader) => (pipe::Receiver::from_owned_fd(reader.into())?, None),
+        None => {
+            let stdout = child.stdout.take().expect("stdout is piped");
+            let stderr = child.stderr.take().expect("stderr is piped");
+            (
+                pipe::Receiver::from_owned_fd(stdout.into())?,
+                Some(pipe::Receiver::from_owned_fd(stderr.into())?),
+            )
+        }
+    };
+    Ok(Spawned {
+        pid: Pid::from_raw(child.id() as i32),
+        stdin,
+        stdout,
+        stderr,
+        exit,
+    })
+}
+
+/// Builds the command: a new process group, the exact environment, piped standard
+/// streams and the resource limits. With `mergeStderr` both output streams share one
+/// pipe, whose read end is returned.
+fn build_command(
+    plan: &CommandPlan,
+) -> io::Result<(std::process::Command, Option<io::PipeReader>)> {
     #[expect(clippy::disallowed_methods, reason = "this is the module that spawns")]
     let mut command = std::process::Command::new(&plan.argv[0]);
     command
@@ -97,31 +129,7 @@ pub fn spawn(reaper: &Reaper, plan: &CommandPlan) -> io::Result<Spawned> {
             Ok(())
         });
     }
-
-    let (mut child, exit) = reaper.spawn(|| command.spawn())?;
-    // The command owns the parent's copies of the pipes' write ends. Dropping it lets
-    // the readers reach end-of-file once the children close theirs.
-    drop(command);
-
-    let stdin = pipe::Sender::from_owned_fd(child.stdin.take().expect("stdin is piped").into())?;
-    let (stdout, stderr) = match merged_reader {
-        Some(reader) => (pipe::Receiver::from_owned_fd(reader.into())?, None),
-        None => {
-            let stdout = child.stdout.take().expect("stdout is piped");
-            let stderr = child.stderr.take().expect("stderr is piped");
-            (
-                pipe::Receiver::from_owned_fd(stdout.into())?,
-                Some(pipe::Receiver::from_owned_fd(stderr.into())?),
-            )
-        }
-    };
-    Ok(Spawned {
-        pid: Pid::from_raw(child.id() as i32),
-        stdin,
-        stdout,
-        stderr,
-        exit,
-    })
+    Ok((command, merged_reader))
 }
 
 /// The processes of one task: its process group, and the processes that left the group
