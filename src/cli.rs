@@ -12,7 +12,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "RTASK_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// API keys file [default: /etc/rtask/keys.toml if the configuration is the one in /etc/rtask, else ./keys.toml]
+    /// API keys file [default: ./keys.toml, or /etc/rtask/keys.toml when the configuration defaults to /etc/rtask/config.toml]
     #[arg(long, global = true, env = "RTASK_API_KEYS_FILE", value_name = "PATH")]
     pub api_keys_file: Option<PathBuf>,
 
