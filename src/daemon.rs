@@ -110,11 +110,11 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
 /// Starts reloading on file changes and on SIGHUP. The watches exist when this returns,
 /// before READY=1, so a change made right after it is seen.
 fn start_reloading(reloader: &Arc<Reloader>, hangups: tokio::signal::unix::Signal) {
-    if let Some(file_watch) = reload::start_watching(reloader) {
+    let file_watch = reload::start_watching(reloader);
+    if file_watch.is_some() {
         reloader.catch_up();
-        tokio::spawn(reload::watch(reloader.clone(), file_watch));
     }
-    tokio::spawn(reload::reload_on_sighup(reloader.clone(), hangups));
+    tokio::spawn(reload::watch(reloader.clone(), file_watch, hangups));
 }
 
 /// Lets requests and runs in flight finish for up to `grace`, then stops the runs that

@@ -9,8 +9,8 @@
 //! the directory the path resolves to now. A swap changes where the path leads, so the
 //! set is computed again after every batch of events.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -168,6 +168,12 @@ impl Reloader {
         }
     }
 
+    /// Returns the names an event must carry to matter, for the files of the last attempt.
+    fn watched_names(&self) -> BTreeSet<OsString> {
+        let files = self.lock().files.clone();
+        files.iter().flat_map(|file| names_for(file)).collect()
+    }
+
     /// Returns the directories to watch for the files of the last attempt.
     fn watched_directories(&self) -> BTreeSet<PathBuf> {
         let files = self.lock().files.clone();
@@ -200,8 +206,11 @@ fn directories_for(file: &Path) -> Vec<PathBuf> {
         std::env::current_dir().unwrap_or_default().join(file)
     };
     let mut directories = Vec::new();
+    // The grandparent sees the parent deleted and created anew, which the parent's own
+    // watch cannot report.
     if let Some(parent) = absolute.parent() {
         directories.push(parent.to_owned());
+        directories.extend(parent.parent().map(Path::to_owned));
     }
     // Every symlink on the path is a name in its parent directory that a swap replaces.
     let mut prefix = PathBuf::new();
@@ -222,8 +231,48 @@ fn directories_for(file: &Path) -> Vec<PathBuf> {
     {
         directories.push(parent.to_owned());
     }
-    directories.retain(|directory| directory.is_dir());
+    // A directory that does not exist now is watched through its nearest ancestor that
+    // does, so its creation is seen.
     directories
+        .into_iter()
+        .filter_map(|directory| {
+            directory
+                .ancestors()
+                .find(|a| a.is_dir())
+                .map(Path::to_owned)
+        })
+        .collect()
+}
+
+/// Returns the names that can lead to `file`: every component of its path, of the path
+/// it resolves to, and of each symlink target on the way. An event on any other name,
+/// such as an editor's swap file or a log file in the same directory, changes nothing.
+fn names_for(file: &Path) -> BTreeSet<OsString> {
+    let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+    let mut names: BTreeSet<OsString> = BTreeSet::new();
+    let mut add_components = |path: &Path| {
+        for component in path.components() {
+            if let Component::Normal(name) = component {
+                names.insert(name.to_owned());
+            }
+        }
+    };
+    add_components(&absolute);
+    if let Ok(resolved) = absolute.canonicalize() {
+        add_components(&resolved);
+    }
+    let mut prefix = PathBuf::new();
+    for component in absolute.components() {
+        prefix.push(component);
+        if let Ok(target) = std::fs::read_link(&prefix) {
+            add_components(&target);
+            // A link inside the link's target, such as `..data` in `..data/config.toml`.
+            if let Ok(resolved) = prefix.canonicalize() {
+                add_components(&resolved);
+            }
+        }
+    }
+    names
 }
 
 fn directories_for_target(target: &Path) -> Vec<PathBuf> {
@@ -248,98 +297,134 @@ fn is_change(kind: &EventKind) -> bool {
 #[derive(Debug)]
 pub struct FileWatch {
     watcher: RecommendedWatcher,
-    watched: BTreeMap<PathBuf, u64>,
+    watched: BTreeSet<PathBuf>,
+    /// Names that make an event relevant; the watcher's callback reads them.
+    names: Arc<Mutex<BTreeSet<OsString>>>,
     events: mpsc::UnboundedReceiver<()>,
+}
+
+impl FileWatch {
+    /// Makes the watches and the name filter match the files of the last attempt.
+    fn refresh(&mut self, reloader: &Reloader) {
+        *self.names.lock().expect("watch names lock poisoned") = reloader.watched_names();
+        update_watches(
+            &mut self.watcher,
+            &mut self.watched,
+            reloader.watched_directories(),
+        );
+    }
 }
 
 /// Sets up the watches for the files of the last load. Call [`Reloader::catch_up`] next:
 /// a file that changed between the load and now raised no event.
 pub fn start_watching(reloader: &Reloader) -> Option<FileWatch> {
     let (sender, events) = mpsc::unbounded_channel();
+    let names = Arc::new(Mutex::new(BTreeSet::new()));
+    let filter = names.clone();
     let watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if is_change(&event.kind) => {
+            Ok(event) if is_change(&event.kind) && is_relevant(&event, &filter) => {
                 let _ = sender.send(());
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "file watcher error"),
         });
-    let mut watcher = match watcher {
+    let watcher = match watcher {
         Ok(watcher) => watcher,
         Err(error) => {
             tracing::error!(%error, "failed to start the file watcher; reload with SIGHUP");
             return None;
         }
     };
-    let mut watched = BTreeMap::new();
-    update_watches(&mut watcher, &mut watched, reloader.watched_directories());
-    Some(FileWatch {
+    let mut file_watch = FileWatch {
         watcher,
-        watched,
+        watched: BTreeSet::new(),
+        names,
         events,
-    })
+    };
+    file_watch.refresh(reloader);
+    Some(file_watch)
 }
 
-/// Reloads after each burst of changes, for as long as the daemon runs.
-pub async fn watch(reloader: Arc<Reloader>, file_watch: FileWatch) {
-    let FileWatch {
-        mut watcher,
-        mut watched,
-        mut events,
-    } = file_watch;
-    while events.recv().await.is_some() {
-        let burst_end = tokio::time::Instant::now() + MAX_DEBOUNCE;
-        loop {
-            let quiet = tokio::time::timeout(DEBOUNCE, events.recv());
-            match tokio::time::timeout_at(burst_end, quiet).await {
-                Ok(Ok(Some(()))) => continue,
-                Ok(Ok(None)) => return,
-                Ok(Err(_)) | Err(_) => break,
+fn is_relevant(event: &notify::Event, names: &Mutex<BTreeSet<OsString>>) -> bool {
+    let names = names.lock().expect("watch names lock poisoned");
+    event.paths.is_empty()
+        || event
+            .paths
+            .iter()
+            .any(|path| path.file_name().is_some_and(|name| names.contains(name)))
+}
+
+/// Reloads after each burst of file changes and on every SIGHUP, for as long as the
+/// daemon runs. Both refresh the watches, so a SIGHUP also repairs them after a
+/// directory was replaced in a way no watch could see.
+pub async fn watch(
+    reloader: Arc<Reloader>,
+    mut file_watch: Option<FileWatch>,
+    mut hangups: tokio::signal::unix::Signal,
+) {
+    loop {
+        let file_events = async {
+            match &mut file_watch {
+                Some(watch) => watch.events.recv().await,
+                None => std::future::pending().await,
             }
-        }
+        };
+        let (trigger, forced) = tokio::select! {
+            event = file_events => {
+                if event.is_none() {
+                    file_watch = None;
+                    continue;
+                }
+                if let Some(watch) = &mut file_watch {
+                    debounce(&mut watch.events).await;
+                }
+                ("file change", false)
+            }
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP received, reloading");
+                ("SIGHUP", true)
+            }
+        };
         let reloading = reloader.clone();
-        let _ = tokio::task::spawn_blocking(move || reloading.reload("file change", false)).await;
-        update_watches(&mut watcher, &mut watched, reloader.watched_directories());
+        let _ = tokio::task::spawn_blocking(move || reloading.reload(trigger, forced)).await;
+        if let Some(watch) = &mut file_watch {
+            watch.refresh(&reloader);
+        }
+    }
+}
+
+/// Waits until a burst of events goes quiet, or for at most [`MAX_DEBOUNCE`].
+async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
+    let burst_end = tokio::time::Instant::now() + MAX_DEBOUNCE;
+    loop {
+        let quiet = tokio::time::timeout(DEBOUNCE, events.recv());
+        match tokio::time::timeout_at(burst_end, quiet).await {
+            Ok(Ok(Some(()))) => continue,
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
+        }
     }
 }
 
 fn update_watches(
     watcher: &mut RecommendedWatcher,
-    watched: &mut BTreeMap<PathBuf, u64>,
+    watched: &mut BTreeSet<PathBuf>,
     wanted: BTreeSet<PathBuf>,
 ) {
-    let mut now_watched = BTreeMap::new();
+    for directory in watched.difference(&wanted) {
+        let _ = watcher.unwatch(directory);
+    }
+    // Watching again is cheap, and it repairs the watch of a directory that was deleted
+    // and created anew (which may even have the same inode number).
+    watched.clear();
     for directory in wanted {
-        let Ok(inode) = std::fs::metadata(&directory).map(|metadata| metadata.ino()) else {
-            continue;
-        };
-        // The same path with another inode is a directory deleted and created anew,
-        // whose old watch the kernel dropped.
-        if watched.remove(&directory) == Some(inode) {
-            now_watched.insert(directory, inode);
-            continue;
-        }
         match watcher.watch(&directory, RecursiveMode::NonRecursive) {
             Ok(()) => {
-                tracing::debug!(directory = %directory.display(), "watching");
-                now_watched.insert(directory, inode);
+                watched.insert(directory);
             }
             Err(error) => {
                 tracing::warn!(directory = %directory.display(), %error, "failed to watch a directory");
             }
         }
-    }
-    for directory in watched.keys() {
-        let _ = watcher.unwatch(directory);
-    }
-    *watched = now_watched;
-}
-
-/// Reloads on every SIGHUP, even when no file changed.
-pub async fn reload_on_sighup(reloader: Arc<Reloader>, mut hangups: tokio::signal::unix::Signal) {
-    while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP received, reloading");
-        let reloading = reloader.clone();
-        let _ = tokio::task::spawn_blocking(move || reloading.reload("SIGHUP", true)).await;
     }
 }
