@@ -138,13 +138,15 @@ impl ActivatedBuilder {
         let config_path = self.path("config.toml");
         fs::write(&config_path, config).expect("write config.toml");
         let notify = NotifyRecorder::bind(&self.path("notify.sock"));
-        let stderr_path = self.path("daemon.stderr");
+        // Outside the watched config directory, as in the plain harness.
+        fs::create_dir_all(self.path("logs")).expect("create the logs directory");
+        let stderr_path = self.path("logs/daemon.stderr");
         let stderr = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&stderr_path)
             .expect("open daemon.stderr");
-        let stdout = File::create(self.path("daemon.stdout")).expect("create daemon.stdout");
+        let stdout = File::create(self.path("logs/daemon.stdout")).expect("create daemon.stdout");
 
         let mut exports: Vec<String> = self
             .own_pid_variables

@@ -316,8 +316,13 @@ impl Daemon {
         self.path("keys.toml")
     }
 
+    /// The daemon's log, in a subdirectory: the daemon watches the directory of its
+    /// config, and log writes there would make it re-read its inputs all the time,
+    /// which would hide a change the watcher missed.
     fn stderr_path(&self) -> PathBuf {
-        self.path("daemon.stderr")
+        let logs = self.path("logs");
+        fs::create_dir_all(&logs).expect("create the logs directory");
+        logs.join("daemon.stderr")
     }
 
     /// Address of the API socket.
@@ -517,7 +522,7 @@ impl Daemon {
             .append(true)
             .open(self.stderr_path())
             .expect("open daemon.stderr");
-        let stdout = File::create(self.path("daemon.stdout")).expect("create daemon.stdout");
+        let stdout = File::create(self.path("logs/daemon.stdout")).expect("create daemon.stdout");
 
         let mut command = self.daemon_command();
         command

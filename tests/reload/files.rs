@@ -149,3 +149,26 @@ deploy = "{}"
     );
     assert_eq!(daemon.post_webhook("first-secret", "").await.status, 404);
 }
+
+#[tokio::test]
+async fn reload_directory_recreated() {
+    let builder = DaemonBuilder::new();
+    let key = builder.add_key(KEY_NAME);
+    // config.toml -> conf/config.toml, so the file lives in a directory of its own.
+    fs::create_dir(builder.path("conf")).expect("create conf");
+    symlink("conf/config.toml", builder.path("config.toml")).expect("create config link");
+    let daemon = builder.start(&version_config("v1")).await;
+    wait_watching(&daemon, &["conf"]).await;
+
+    // Deleted and created anew, more than once: each time the old watch is gone and the
+    // new directory may reuse the old inode number.
+    for version in ["v2", "v3", "v4"] {
+        fs::remove_dir_all(daemon.path("conf")).expect("remove conf");
+        fs::create_dir(daemon.path("conf")).expect("create conf again");
+        replace_file(&daemon.path("conf/config.toml"), &version_config(version));
+        wait_for_version(&daemon, &key, version).await;
+    }
+    // A plain save after all that is still seen.
+    replace_file(&daemon.path("conf/config.toml"), &version_config("v5"));
+    wait_for_version(&daemon, &key, "v5").await;
+}
