@@ -94,6 +94,7 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
         "stopping"
     );
     stop.cancel();
+    supervisor.begin_shutdown();
     let longest_kill_grace = table.longest_kill_grace();
     shut_down(
         &supervisor,

@@ -105,6 +105,8 @@ pub struct Supervisor {
     base_env: Vec<(OsString, OsString)>,
     /// The descriptor limit the daemon started with, before it raised its own.
     inherited_nofile: (u64, u64),
+    /// Set when the daemon starts to stop: no new run starts after that.
+    stopping: std::sync::atomic::AtomicBool,
     /// Cancelled at shutdown, after the grace period: every run still going is stopped.
     stop_all: CancellationToken,
     runs: TaskTracker,
@@ -125,6 +127,7 @@ impl Supervisor {
             metrics,
             inherited_nofile: crate::limits::raise_nofile(),
             base_env,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             stop_all: CancellationToken::new(),
             runs: TaskTracker::new(),
         }))
@@ -135,6 +138,18 @@ impl Supervisor {
         let _tracked = self.runs.token();
         let started = Instant::now();
         let task = &request.task;
+        // Checked after the run is tracked, so shutdown either waits for it or the run
+        // sees the flag and never starts a process.
+        if self.is_stopping() {
+            return Outcome {
+                status: Status::Canceled,
+                exit_code: -1,
+                signal: None,
+                stdout: Captured::default(),
+                stderr: Captured::from_message("rtask is shutting down".into()),
+                duration: started.elapsed(),
+            };
+        }
         let plan = self.plan(&request);
 
         let spawned = match child::spawn(&self.reaper, &plan) {
@@ -319,6 +334,17 @@ impl Supervisor {
             rlimits: task.rlimits.to_apply(self.inherited_nofile),
             merge_stderr: task.config.merge_stderr,
         }
+    }
+
+    /// Makes every later run end at once with the status `canceled`, without starting
+    /// a process.
+    pub fn begin_shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops every run still going, with the usual SIGTERM, grace, SIGKILL sequence.

@@ -19,6 +19,8 @@ pub enum ApiError {
     BadRequest(String),
     /// The client stopped sending the request body.
     BodyTimeout,
+    /// The daemon is stopping and starts no new run.
+    ShuttingDown,
     /// A fault of rtask itself; the detail is logged where it happens, not sent.
     Internal,
 }
@@ -63,6 +65,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::NotFound => "not found",
             ApiError::MethodNotAllowed => "method not allowed",
             ApiError::BodyTimeout => "timed out reading the request body",
+            ApiError::ShuttingDown => "rtask is shutting down, try again later",
             ApiError::Internal => "internal error",
         }
     }

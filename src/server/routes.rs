@@ -97,6 +97,9 @@ async fn execute(
         return Err(state.reject(&task, RejectionReason::LimitExceeded));
     }
     let input = read_body(&state, &task, &headers, body).await?;
+    if state.supervisor.is_stopping() {
+        return Err(ApiError::ShuttingDown);
+    }
     let permit = match &task.slots {
         Some(slots) => match slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
