@@ -166,3 +166,47 @@ environment = {}
         "answered {elapsed:?} after SIGTERM"
     );
 }
+
+#[tokio::test]
+async fn stop_rejects_run_started_late() {
+    let marker = unique_marker();
+    let _guard = MarkerGuard::new(&marker);
+    let config = format!(
+        r#"
+shutdownGraceSeconds = 3
+
+[tasks.upload]
+command = ["sh", "-c", "cat >/dev/null; sleep 25"]
+apiKeyNames = ["{KEY_NAME}"]
+environment = {environment}
+"#,
+        environment = marker_environment(&marker),
+    );
+    let (mut daemon, key) = start(&config).await;
+
+    // Half the body arrives before SIGTERM, the rest after the daemon began stopping.
+    let mut stream = std::net::TcpStream::connect(daemon.api_addr()).expect("connect");
+    let head = format!(
+        "POST /tasks/upload HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: 10\r\n\r\n12345"
+    );
+    std::io::Write::write_all(&mut stream, head.as_bytes()).expect("send the first half");
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_for_notify("STOPPING=1", secs(5.0)).await;
+    std::io::Write::write_all(&mut stream, b"67890").expect("send the second half");
+    stream
+        .set_read_timeout(Some(secs(10.0)))
+        .expect("set a read timeout");
+    let mut response = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut response);
+    let status_line = String::from_utf8_lossy(&response);
+
+    assert!(
+        status_line.starts_with("HTTP/1.1 503"),
+        "{status_line}\n{}",
+        daemon.stderr()
+    );
+    let status: ExitStatus = daemon.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(procfs::with_marker(&marker).is_empty());
+}
