@@ -247,6 +247,16 @@ struct TaskSpans {
 /// Parses `text`, read from `path`, and checks what serde cannot: task names, commands,
 /// numbers, header and variable names, and resource limits.
 pub fn parse(path: &Path, text: &str) -> Result<ParsedConfig, ConfigError> {
+    // An empty file is what an editor or a tool leaves between truncating and writing;
+    // loading it would drop every task until the next save.
+    if text.trim().is_empty() {
+        return Err(ConfigError {
+            path: path.to_owned(),
+            location: None,
+            task: None,
+            message: "the file is empty".into(),
+        });
+    }
     let spans: Option<TaskSpans> = toml::from_str(text).ok();
     let mut task_starts: Vec<(usize, String)> = spans
         .map(|spans| {
@@ -265,7 +275,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ParsedConfig, ConfigError> {
             path: path.to_owned(),
             location: Some(Location::from_offset(text, span.start)),
             task: task_at(&task_starts, &span),
-            message: error.message().trim().to_owned(),
+            message: without_value(error.message().trim()),
         }
     })?;
 
@@ -305,6 +315,21 @@ fn task_at(task_starts: &[(usize, String)], span: &Range<usize>) -> Option<Strin
             .max_by_key(|(offset, _)| *offset)
     };
     inside.or_else(|| before().map(|(_, name)| name.clone()))
+}
+
+/// Removes the offending value from a serde message such as ``invalid type: integer
+/// `1234`, expected a string``: it may be a secret or a token typed in the wrong place,
+/// and the message goes to the log and to systemd's status line.
+fn without_value(message: &str) -> String {
+    let is_value_error =
+        message.starts_with("invalid type: ") || message.starts_with("invalid value: ");
+    match (message.find('`'), message.rfind('`')) {
+        (Some(start), Some(end)) if is_value_error && start < end => {
+            let before = message[..start].trim_end();
+            format!("{before}{}", &message[end + 1..])
+        }
+        _ => message.to_owned(),
+    }
 }
 
 /// Finds every table header that belongs to a task, such as `[tasks.a.environment]`,
@@ -560,6 +585,20 @@ mod tests {
         let parsed = parse_text(text).unwrap();
         let debug = format!("{:?}", parsed.config);
         assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn empty_file_is_rejected() {
+        let error = parse_text("  \n").unwrap_err();
+        assert_eq!(error.message, "the file is empty");
+    }
+
+    #[test]
+    fn type_error_hides_value() {
+        let text = "[tasks.a]\ncommand = [\"true\"]\nenvironment = { TOKEN = 1234567890123 }\n";
+        let error = parse_text(text).unwrap_err();
+        assert!(!error.message.contains("1234567890123"), "{error}");
+        assert!(error.message.contains("invalid type: integer"), "{error}");
     }
 
     #[test]
