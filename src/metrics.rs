@@ -151,12 +151,14 @@ impl Metrics {
         }
     }
 
-    /// Makes the per-task metrics match `tasks` (name and buckets): registers new tasks,
-    /// re-registers a task whose buckets changed, and drops removed ones.
+    /// Makes the per-task metrics match `tasks` (name and buckets): registers new tasks
+    /// and re-registers a task whose buckets changed. A removed task keeps its histogram,
+    /// so its runs still going are counted and its series do not reset if it returns.
     pub fn sync_tasks(&self, tasks: &[(String, Vec<f64>)]) {
         let mut durations = self.durations.lock().expect("metrics lock poisoned");
         durations.retain(|name, (buckets, histogram)| {
-            let keep = tasks.iter().any(|(n, b)| n == name && b == buckets);
+            let changed = tasks.iter().any(|(n, b)| n == name && b != buckets);
+            let keep = !changed;
             if !keep {
                 let _ = self.registry.unregister(Box::new(histogram.clone()));
             }
