@@ -115,10 +115,16 @@ fn listener_from_fd(fd: OwnedFd, name: &str) -> Result<StdListener, String> {
     Ok(listener)
 }
 
-/// Sends `states` to the service manager, if there is one.
+/// Sends `states` to the service manager, if there is one. Only the first failure is
+/// logged as a warning, since the watchdog would repeat it every few seconds.
 pub fn notify(states: &[NotifyState]) {
+    static FAILED_BEFORE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if let Err(error) = sd_notify::notify(states) {
-        tracing::warn!(%error, "failed to notify systemd");
+        if FAILED_BEFORE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(%error, "failed to notify systemd");
+        } else {
+            tracing::warn!(%error, "failed to notify systemd; later failures are logged at debug level");
+        }
     }
 }
 
