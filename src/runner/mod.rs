@@ -36,10 +36,10 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Returns how long stopping a run can take at most once it was told to stop: its
-/// kill grace, two waits for SIGKILL to take effect, the drain, and the waits for its
-/// two pipes.
+/// kill grace, two waits for SIGKILL to take effect, the drain, and the wait for its
+/// pipes.
 pub fn stop_duration(kill_grace: Duration) -> Duration {
-    kill_grace + KILL_WAIT * 4 + DRAIN_AFTER_EXIT
+    kill_grace + KILL_WAIT * 3 + DRAIN_AFTER_EXIT
 }
 
 /// Environment variables the daemon consumes itself, which children must not see.
@@ -285,11 +285,22 @@ impl Supervisor {
             );
         }
         writer.abort();
-        let stdout = stdout.finish(KILL_WAIT).await;
-        let stderr = match stderr {
-            Some(stderr) => stderr.finish(KILL_WAIT).await,
-            None => Captured::default(),
+        let stderr_finished = async {
+            match stderr {
+                Some(stderr) => stderr.finish(KILL_WAIT).await,
+                None => (Captured::default(), false),
+            }
         };
+        let ((stdout, stdout_open), (stderr, stderr_open)) =
+            tokio::join!(stdout.finish(KILL_WAIT), stderr_finished);
+        if stdout_open || stderr_open {
+            tracing::warn!(
+                task = %request.task.name,
+                task_id = %request.task_id,
+                "an output pipe stayed open after the task's processes were killed: \
+                 a process outside the task's group still holds it"
+            );
+        }
 
         let (mut result_status, exit_code, signal) = match status {
             Some(WaitStatus::Exited(_, 0)) => (Status::Success, 0, None),

@@ -85,17 +85,19 @@ impl Reader {
         self.eof.notified().await;
     }
 
-    /// Waits up to `limit` for end-of-file and returns what was captured.
-    pub async fn finish(self, limit: Duration) -> Captured {
+    /// Waits up to `limit` for end-of-file and returns what was captured, and whether the
+    /// pipe was still open then.
+    pub async fn finish(self, limit: Duration) -> (Captured, bool) {
         let Reader {
             captured,
             eof: _,
             mut task,
         } = self;
-        if tokio::time::timeout(limit, &mut task).await.is_err() {
-            tracing::warn!("a task's output pipe stayed open after its processes were killed");
+        let still_open = tokio::time::timeout(limit, &mut task).await.is_err();
+        if still_open {
             task.abort();
         }
-        captured.lock().expect("output lock poisoned").clone()
+        let captured = captured.lock().expect("output lock poisoned").clone();
+        (captured, still_open)
     }
 }
