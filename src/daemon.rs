@@ -95,13 +95,23 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
     );
     stop.cancel();
     supervisor.begin_shutdown();
-    let longest_kill_grace = table.longest_kill_grace();
+    // A second SIGTERM or SIGINT ends the grace period at once.
+    let second_signal = async {
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    };
+    let grace = Grace {
+        shutdown: grace,
+        longest_kill: table.longest_kill_grace(),
+    };
     shut_down(
         &supervisor,
         api_server,
         metrics_server,
         grace,
-        longest_kill_grace,
+        second_signal,
     )
     .await;
     tracing::info!("stopped");
@@ -118,24 +128,41 @@ fn start_reloading(reloader: &Arc<Reloader>, hangups: tokio::signal::unix::Signa
     tokio::spawn(reload::watch(reloader.clone(), file_watch, hangups));
 }
 
-/// Lets requests and runs in flight finish for up to `grace`, then stops the runs that
-/// remain (SIGTERM, their kill grace, SIGKILL) and waits for their responses to go out.
+/// The time limits of a shutdown.
+#[derive(Debug, Clone, Copy)]
+struct Grace {
+    /// How long runs in flight may go on: `shutdownGraceSeconds`.
+    shutdown: Duration,
+    /// The longest `killGraceSeconds` of any task.
+    longest_kill: Duration,
+}
+
+/// Lets requests and runs in flight finish for up to the shutdown grace, or until
+/// `second_signal`, then stops the runs that remain (SIGTERM, their kill grace, SIGKILL)
+/// and waits for their responses to go out.
 async fn shut_down(
     supervisor: &Supervisor,
     api_server: tokio::task::JoinHandle<()>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
-    grace: Duration,
-    longest_kill_grace: Duration,
+    grace: Grace,
+    second_signal: impl Future<Output = &'static str>,
 ) {
-    let deadline = tokio::time::Instant::now() + grace;
-    if !supervisor.wait_idle(grace).await {
+    let deadline = tokio::time::Instant::now() + grace.shutdown;
+    let idle = tokio::select! {
+        idle = supervisor.wait_idle(grace.shutdown) => idle,
+        signal = second_signal => {
+            tracing::info!(signal, "second signal received, ending the shutdown grace period");
+            false
+        }
+    };
+    if !idle {
         tracing::warn!(
             running = supervisor.running_count(),
-            "runs still going after the shutdown grace period, stopping them"
+            "stopping the runs still going"
         );
         supervisor.stop_all();
         if !supervisor
-            .wait_idle(runner::stop_duration(longest_kill_grace))
+            .wait_idle(runner::stop_duration(grace.longest_kill))
             .await
         {
             tracing::error!(
@@ -146,7 +173,7 @@ async fn shut_down(
     }
     // The runs are over; what remains is sending their responses.
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let limit = remaining.max(Duration::from_secs(1));
+    let limit = remaining.clamp(Duration::from_secs(1), Duration::from_secs(10));
     if tokio::time::timeout(limit, api_server).await.is_err() {
         tracing::warn!("connections still open after the shutdown grace period, closing them");
     }
