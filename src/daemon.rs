@@ -190,6 +190,9 @@ async fn open_listeners(
     plan: ListenPlan,
 ) -> Result<(StdListener, Option<StdListener>), DaemonError> {
     let activated = plan.inherited.activated;
+    if let Some(reason) = &plan.inherited.ignored_because {
+        tracing::warn!(reason = %reason, "ignoring the socket activation variables");
+    }
     let InheritedSockets {
         api,
         metrics: metrics_socket,

@@ -24,6 +24,9 @@ pub struct InheritedSockets {
     pub metrics: Option<StdListener>,
     /// True when the daemon was socket-activated at all.
     pub activated: bool,
+    /// Why socket activation variables were present but ignored, for the log, which
+    /// does not exist yet when the sockets are taken.
+    pub ignored_because: Option<String>,
 }
 
 /// Takes the sockets passed with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`, and
@@ -38,11 +41,25 @@ pub struct InheritedSockets {
 pub unsafe fn take_inherited_sockets() -> Result<InheritedSockets, String> {
     // Sockets meant for another process (LISTEN_PID differs) are not ours, whatever
     // LISTEN_FDNAMES says; sd-notify would reject the names for the count mismatch.
-    let for_this_process = sd_notify::listen_fds().is_ok_and(|fds| fds.len() > 0);
+    let for_this_process = sd_notify::listen_fds();
+    let variables_set = std::env::var_os("LISTEN_FDS").is_some();
     // SAFETY: the caller guarantees that no other thread runs.
     let passed = unsafe { sd_notify::listen_fds_with_names_and_unset_env() };
-    if !for_this_process {
-        return Ok(InheritedSockets::default());
+    match for_this_process {
+        Ok(fds) if fds.len() > 0 => {}
+        Ok(_) if !variables_set => return Ok(InheritedSockets::default()),
+        Ok(_) => {
+            return Ok(InheritedSockets {
+                ignored_because: Some("LISTEN_PID is another process or LISTEN_FDS is 0".into()),
+                ..InheritedSockets::default()
+            });
+        }
+        Err(error) => {
+            return Ok(InheritedSockets {
+                ignored_because: Some(error.to_string()),
+                ..InheritedSockets::default()
+            });
+        }
     }
     let passed = passed.map_err(|error| format!("invalid socket activation variables: {error}"))?;
     let passed: Vec<(RawFd, String)> = passed.collect();
