@@ -24,8 +24,8 @@ pub struct InheritedSockets {
     pub metrics: Option<StdListener>,
     /// True when the daemon was socket-activated at all.
     pub activated: bool,
-    /// Why socket activation variables were present but ignored, for the log, which
-    /// does not exist yet when the sockets are taken.
+    /// The reason socket activation variables were present but ignored, for the log,
+    /// which does not exist yet when the sockets are taken.
     pub ignored_because: Option<String>,
 }
 
@@ -40,7 +40,7 @@ pub struct InheritedSockets {
 /// Must be called before any other thread exists, because it changes the environment.
 pub unsafe fn take_inherited_sockets() -> Result<InheritedSockets, String> {
     // Sockets meant for another process (LISTEN_PID differs) are not ours, whatever
-    // LISTEN_FDNAMES says; sd-notify would reject the names for the count mismatch.
+    // LISTEN_FDNAMES contains; sd-notify would reject the names for the count mismatch.
     let for_this_process = sd_notify::listen_fds();
     let variables_set = std::env::var_os("LISTEN_FDS").is_some();
     // SAFETY: the caller guarantees that no other thread runs.
