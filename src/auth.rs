@@ -7,6 +7,7 @@
 //! than a bounded amount of memory (64 MiB each with the default parameters). Requests
 //! beyond a short queue are rejected at once instead of waiting behind the flood.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::http::HeaderMap;
@@ -27,14 +28,14 @@ pub const QUEUED_VERIFICATIONS: usize = 32;
 /// The argon2 verifications running and waiting.
 #[derive(Debug)]
 pub struct Verifier {
-    running: Semaphore,
+    running: Arc<Semaphore>,
     waiting: AtomicUsize,
 }
 
 impl Default for Verifier {
     fn default() -> Self {
         Verifier {
-            running: Semaphore::new(PARALLEL_VERIFICATIONS),
+            running: Arc::new(Semaphore::new(PARALLEL_VERIFICATIONS)),
             waiting: AtomicUsize::new(0),
         }
     }
@@ -83,9 +84,10 @@ pub async fn authenticate(
         return Err(RejectionReason::VerificationBusy);
     }
     let waiting = Waiting(&verifier.waiting);
-    let _permit = verifier
+    let permit = verifier
         .running
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|_| RejectionReason::InvalidKey)?;
     drop(waiting);
@@ -94,9 +96,14 @@ pub async fn authenticate(
         return Ok(entry.name.clone());
     }
     let verifying = entry.clone();
-    let matches = tokio::task::spawn_blocking(move || verifying.stored.matches(&presented.secret))
-        .await
-        .unwrap_or(false);
+    // The permit moves into the blocking task: a client that disconnects drops this
+    // future, but the verification goes on and must keep its slot until it ends.
+    let matches = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        verifying.stored.matches(&presented.secret)
+    })
+    .await
+    .unwrap_or(false);
     if !matches {
         return Err(RejectionReason::InvalidKey);
     }
