@@ -318,18 +318,27 @@ fn task_at(task_starts: &[(usize, String)], span: &Range<usize>) -> Option<Strin
 }
 
 /// Removes the offending value from a serde message such as ``invalid type: integer
-/// `1234`, expected a string``: it may be a secret or a token typed in the wrong place,
-/// and the message goes to the log and to systemd's status line.
+/// `1234`, expected a string`` or `invalid type: string "abc", expected a map`: it may
+/// be a secret or a token typed in the wrong place, and the message goes to the log and
+/// to systemd's status line. What remains names the kind of value and what was expected.
 fn without_value(message: &str) -> String {
-    let is_value_error =
-        message.starts_with("invalid type: ") || message.starts_with("invalid value: ");
-    match (message.find('`'), message.rfind('`')) {
-        (Some(start), Some(end)) if is_value_error && start < end => {
-            let before = message[..start].trim_end();
-            format!("{before}{}", &message[end + 1..])
-        }
-        _ => message.to_owned(),
-    }
+    let prefixes = ["invalid type: ", "invalid value: "];
+    let Some((prefix, rest)) = prefixes
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix).map(|rest| (*prefix, rest)))
+    else {
+        return message.to_owned();
+    };
+    let (unexpected, expected) = match rest.rfind(", expected") {
+        Some(index) => rest.split_at(index),
+        None => (rest, ""),
+    };
+    let kind = unexpected
+        .split(['`', '"'])
+        .next()
+        .unwrap_or_default()
+        .trim_end();
+    format!("{prefix}{kind}{expected}")
 }
 
 /// Finds every table header that belongs to a task, such as `[tasks.a.environment]`,
@@ -595,10 +604,33 @@ mod tests {
 
     #[test]
     fn type_error_hides_value() {
-        let text = "[tasks.a]\ncommand = [\"true\"]\nenvironment = { TOKEN = 1234567890123 }\n";
-        let error = parse_text(text).unwrap_err();
-        assert!(!error.message.contains("1234567890123"), "{error}");
-        assert!(error.message.contains("invalid type: integer"), "{error}");
+        let cases = [
+            (
+                "environment = { TOKEN = 1234567890123 }",
+                "1234567890123",
+                "integer",
+            ),
+            (
+                "webhookSecrets = \"hook-secret-123\"",
+                "hook-secret-123",
+                "string",
+            ),
+            (
+                "asyncResultRetentionSeconds = \"token-42\"",
+                "token-42",
+                "string",
+            ),
+        ];
+        for (line, value, kind) in cases {
+            let text = format!("[tasks.a]\ncommand = [\"true\"]\n{line}\n");
+            let error = parse_text(&text).unwrap_err();
+            assert!(!error.to_string().contains(value), "{error}");
+            assert!(
+                error.message.contains(&format!("invalid type: {kind}")),
+                "{error}"
+            );
+            assert!(error.message.contains("expected"), "{error}");
+        }
     }
 
     #[test]
