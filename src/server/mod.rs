@@ -111,10 +111,16 @@ const LINGER_BEFORE_CLOSE: Duration = Duration::from_millis(250);
 /// keep-alive connection stays open.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Read buffer limit of a connection, which bounds the request head: hyper checks it
+/// after each read, so a head of up to about twice this size passes and a larger one
+/// gets 431. hyper's own default lets a pending head grow to about 400 KiB. Bodies
+/// stream through the buffer and are not limited by it.
+const MAX_READ_BUFFER: usize = 16 * 1024;
+
 /// Connections served at once. Past this, new connections wait in the listen backlog,
 /// so that idle or slow clients cannot use up the daemon's file descriptors.
-// NOTE: a fixed number; with the default 16 KiB buffers per connection it bounds
-// memory to tens of MiB, and the daemon raises its own descriptor limit at startup.
+// NOTE: a fixed number. With MAX_READ_BUFFER it bounds the memory of pending request
+// heads to about 128 MiB; the daemon raises its own descriptor limit at startup.
 pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Serves `router` on `listener` until `stop` is cancelled, then stops accepting and
@@ -128,7 +134,8 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_READ_BUFFER);
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),

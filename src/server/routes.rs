@@ -158,6 +158,10 @@ async fn execute(
 /// Longest pause allowed between two parts of a request body.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Longest time a whole request body may take, so that a trickle of bytes cannot hold
+/// a connection for hours.
+const BODY_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Reads the body, rejecting it as soon as it exceeds `maxInputBytes`.
 async fn read_body(
     state: &AppState,
@@ -176,8 +180,10 @@ async fn read_body(
     }
 
     let mut input = Vec::new();
+    let deadline = tokio::time::Instant::now() + BODY_READ_LIMIT;
     loop {
-        let Ok(frame) = tokio::time::timeout(BODY_READ_TIMEOUT, body.frame()).await else {
+        let next_frame = tokio::time::timeout(BODY_READ_TIMEOUT, body.frame());
+        let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, next_frame).await else {
             tracing::debug!(task = %task.name, "timed out reading a request body");
             return Err(ApiError::BodyTimeout);
         };
