@@ -121,7 +121,12 @@ impl Reloader {
         if notify_systemd {
             systemd::notify_reloading();
         }
-        let status = self.apply(attempt, trigger, &current);
+        // A newline would end the STATUS= line and start another assignment.
+        let status: String = self
+            .apply(attempt, trigger, &current)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         self.lock().status = status.clone();
         if notify_systemd {
             systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);

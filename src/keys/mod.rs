@@ -40,7 +40,8 @@ const MAX_MEMORY_MIB: u32 = 1024;
 const MAX_TIME_COST: u32 = 16;
 const MAX_PARALLELISM: u32 = 64;
 
-/// Reports whether `name` is usable as a key name, which ends up in logs and metric labels.
+/// Reports whether `name` is usable as the name of a new key. Names in existing files
+/// (the original accepted any) are only checked by `config::is_valid_reference_name`.
 pub fn is_valid_key_name(name: &str) -> bool {
     crate::config::is_valid_name(name) && name.len() <= 64
 }
@@ -319,6 +320,15 @@ impl KeyStore {
         let mut by_name = BTreeMap::new();
         let mut names_by_id: HashMap<u32, &str> = HashMap::new();
         for (name, value) in &encoded {
+            if !crate::config::is_valid_reference_name(name) {
+                return Err(KeysError::InvalidKey {
+                    path: path.to_owned(),
+                    name: name.escape_debug().to_string(),
+                    message: "the name is empty, longer than 128 characters or has a \
+                              control character"
+                        .into(),
+                });
+            }
             let stored = StoredKey::decode(value).map_err(|message| KeysError::InvalidKey {
                 path: path.to_owned(),
                 name: name.clone(),

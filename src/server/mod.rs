@@ -78,7 +78,7 @@ impl AppState {
 
 /// Builds the API router.
 pub fn app(state: Arc<AppState>) -> Router {
-    // The span carries the route template, never the raw path: `/wh/{secret}` would
+    // The span carries the route template, never the raw path: `/wh/{*secret}` would
     // otherwise write webhook secrets to the log.
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request<_>| {
@@ -92,7 +92,8 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/tasks/{name}", post(routes::task_run))
         .route("/tasks/{name}/{id}", get(routes::task_status))
-        .route("/wh/{secret}", post(routes::webhook_run))
+        // A wildcard, so that a secret containing '/' still matches.
+        .route("/wh/{*secret}", post(routes::webhook_run))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(trace)
