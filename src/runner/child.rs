@@ -68,7 +68,32 @@ pub fn spawn(reaper: &Reaper, plan: &CommandPlan) -> io::Result<Spawned> {
     // The command owns the parent's copies of the pipes' write ends. Dropping it lets
     // the readers reach end-of-file once the children close theirs.
     drop(command);
+    let pid = Pid::from_raw(child.id() as i32);
+    let pipes = async_pipes(&mut child, merged_reader);
+    let (stdin, stdout, stderr) = match pipes {
+        Ok(pipes) => pipes,
+        Err(error) => {
+            // Nothing would supervise the process; the reaper collects it.
+            let _ = killpg(pid, Signal::SIGKILL);
+            return Err(error);
+        }
+    };
+    Ok(Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+        exit,
+    })
+}
 
+type AsyncPipes = (pipe::Sender, pipe::Receiver, Option<pipe::Receiver>);
+
+/// Hands the child's pipes to the runtime.
+fn async_pipes(
+    child: &mut std::process::Child,
+    merged_reader: Option<io::PipeReader>,
+) -> io::Result<AsyncPipes> {
     let stdin = pipe::Sender::from_owned_fd(child.stdin.take().expect("stdin is piped").into())?;
     let (stdout, stderr) = match merged_reader {
         Some(reader) => (pipe::Receiver::from_owned_fd(reader.into())?, None),
@@ -81,13 +106,7 @@ pub fn spawn(reaper: &Reaper, plan: &CommandPlan) -> io::Result<Spawned> {
             )
         }
     };
-    Ok(Spawned {
-        pid: Pid::from_raw(child.id() as i32),
-        stdin,
-        stdout,
-        stderr,
-        exit,
-    })
+    Ok((stdin, stdout, stderr))
 }
 
 /// Builds the command: a new process group, the exact environment, piped standard
