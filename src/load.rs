@@ -273,6 +273,12 @@ fn collect_warnings(config: &ParsedConfig, keys: &KeyStore, paths: &Paths) -> Ve
                  nothing can run it"
             ));
         }
+        if task.is_async && task.max_concurrent_tasks == 0 && task.rate_limit == 0.0 {
+            warnings.push(format!(
+                "task \"{task_name}\" is async with neither maxConcurrentTasks nor \
+                 rateLimit: every request starts another process"
+            ));
+        }
         if task
             .pass_request_headers
             .iter()
