@@ -20,6 +20,7 @@ fn main() -> ExitCode {
                 Ok(inherited) => inherited,
                 Err(error) => return fail(&error, 1),
             };
+            systemd::close_inherited_fds_on_exec();
             rtask::logging::init(cli.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

@@ -94,6 +94,30 @@ pub unsafe fn take_inherited_sockets() -> Result<InheritedSockets, String> {
     Ok(sockets)
 }
 
+/// Marks every descriptor above stderr close-on-exec, so that descriptors the daemon's
+/// launcher left open (a shell's, a CI runner's) do not reach task processes. systemd
+/// passes none besides the sockets, which are close-on-exec already.
+pub fn close_inherited_fds_on_exec() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: the descriptor is only borrowed for one fcntl(2) call. If it was the
+        // directory handle of the listing above, already closed, the call fails with
+        // EBADF, which is ignored.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = nix::fcntl::fcntl(
+            borrowed,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+}
+
 fn is_unnamed(name: &str) -> bool {
     name.is_empty() || name == "unknown"
 }
