@@ -44,8 +44,6 @@ pub struct Loaded {
     pub webhooks: Vec<WebhookSecret>,
     /// Problems that leave the daemon working, such as a key name the keys file lacks.
     pub warnings: Vec<String>,
-    /// Every file read, for the watcher.
-    pub files: Vec<PathBuf>,
 }
 
 /// A failed load. The old task table stays in force.
@@ -121,7 +119,6 @@ fn load_into(
         keys,
         webhooks,
         warnings,
-        files: files.clone(),
     })
 }
 

@@ -90,17 +90,6 @@ impl TaskTable {
         }
     }
 
-    /// Returns a table with no tasks and no keys.
-    pub fn empty() -> TaskTable {
-        TaskTable {
-            tasks: HashMap::new(),
-            webhooks: HashMap::new(),
-            webhook_key: [0u8; 32],
-            keys: Arc::new(KeyStore::parse(std::path::Path::new(""), "").expect("empty keys")),
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-
     pub fn task(&self, name: &str) -> Option<&Arc<Task>> {
         self.tasks.get(name)
     }

@@ -372,22 +372,6 @@ impl KeyStore {
         })
     }
 
-    /// Reads and parses the keys file; a missing file is an empty store.
-    pub fn load(path: &Path) -> Result<KeyStore, KeysError> {
-        match crate::load::read_text(path) {
-            Ok(text) => KeyStore::parse(path, &text),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                let mut store = KeyStore::parse(path, "")?;
-                store.file_exists = false;
-                Ok(store)
-            }
-            Err(source) => Err(KeysError::Read {
-                path: path.to_owned(),
-                source,
-            }),
-        }
-    }
-
     pub fn get(&self, name: &str) -> Option<&Arc<KeyEntry>> {
         self.by_name.get(name)
     }
