@@ -173,19 +173,14 @@ impl Reloader {
         }
     }
 
-    /// Returns the names an event must carry to matter, for the files of the last attempt.
-    fn watched_names(&self) -> BTreeSet<OsString> {
+    /// Returns what to watch for the files of the last attempt.
+    fn watch_targets(&self) -> WatchTargets {
         let files = self.lock().files.clone();
-        files.iter().flat_map(|file| names_for(file)).collect()
-    }
-
-    /// Returns the directories to watch for the files of the last attempt.
-    fn watched_directories(&self) -> BTreeSet<PathBuf> {
-        let files = self.lock().files.clone();
-        files
-            .iter()
-            .flat_map(|file| directories_for(file))
-            .collect()
+        let mut targets = WatchTargets::default();
+        for file in &files {
+            targets.add(file);
+        }
+        targets
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReloadState> {
@@ -203,88 +198,74 @@ fn log_warnings(loaded: &Loaded) {
     }
 }
 
-/// Returns the directories whose changes can change what `file` reads as.
-fn directories_for(file: &Path) -> Vec<PathBuf> {
-    let absolute = if file.is_absolute() {
-        file.to_owned()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(file)
-    };
-    let mut directories = Vec::new();
-    // The grandparent sees the parent deleted and created anew, which the parent's own
-    // watch cannot report.
-    if let Some(parent) = absolute.parent() {
-        directories.push(parent.to_owned());
-        directories.extend(parent.parent().map(Path::to_owned));
-    }
-    // Every symlink on the path is a name in its parent directory that a swap replaces.
-    let mut prefix = PathBuf::new();
-    for component in absolute.components() {
-        prefix.push(component);
-        if matches!(component, Component::Normal(_)) && prefix.is_symlink() {
-            if let Some(parent) = prefix.parent() {
-                directories.push(parent.to_owned());
+/// The directories to watch and the names an event must carry to matter.
+#[derive(Debug, Default)]
+struct WatchTargets {
+    directories: BTreeSet<PathBuf>,
+    /// Every name that can lead to an input. An event on any other name, such as an
+    /// editor's swap file or a log file in the same directory, changes nothing.
+    names: BTreeSet<OsString>,
+}
+
+impl WatchTargets {
+    /// Adds the directories whose changes can change what `file` reads as, and the names
+    /// on every path that leads to it.
+    fn add(&mut self, file: &Path) {
+        let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+        self.add_names(&absolute);
+        // The grandparent reports the parent deleted and created anew, which the
+        // parent's own watch cannot.
+        if let Some(parent) = absolute.parent() {
+            self.add_directory(parent);
+            if let Some(grandparent) = parent.parent() {
+                self.add_directory(grandparent);
             }
-            // Where the link leads now, for the links inside it (`..data/config.toml`).
-            if let Ok(target) = prefix.canonicalize() {
-                directories.extend(directories_for_target(&target));
+        }
+
+        // Every symlink on the path is a name in its parent directory that a swap
+        // replaces, and where it leads now may hold further links (`..data/config.toml`).
+        let mut prefix = PathBuf::new();
+        for component in absolute.components() {
+            prefix.push(component);
+            let Ok(target) = std::fs::read_link(&prefix) else {
+                continue;
+            };
+            self.add_names(&target);
+            if let Some(parent) = prefix.parent() {
+                self.add_directory(parent);
+            }
+            if let Ok(resolved) = prefix.canonicalize() {
+                self.add_names(&resolved);
+                if resolved.is_dir() {
+                    self.add_directory(&resolved);
+                } else if let Some(parent) = resolved.parent() {
+                    self.add_directory(parent);
+                }
+            }
+        }
+
+        if let Ok(resolved) = absolute.canonicalize() {
+            self.add_names(&resolved);
+            if let Some(parent) = resolved.parent() {
+                self.add_directory(parent);
             }
         }
     }
-    if let Ok(resolved) = absolute.canonicalize()
-        && let Some(parent) = resolved.parent()
-    {
-        directories.push(parent.to_owned());
-    }
-    // A directory that does not exist now is watched through its nearest ancestor that
-    // does, so its creation is seen.
-    directories
-        .into_iter()
-        .filter_map(|directory| {
-            directory
-                .ancestors()
-                .find(|a| a.is_dir())
-                .map(Path::to_owned)
-        })
-        .collect()
-}
 
-/// Returns the names that can lead to `file`: every component of its path, of the path
-/// it resolves to, and of each symlink target on the way. An event on any other name,
-/// such as an editor's swap file or a log file in the same directory, changes nothing.
-fn names_for(file: &Path) -> BTreeSet<OsString> {
-    let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
-    let mut names: BTreeSet<OsString> = BTreeSet::new();
-    let mut add_components = |path: &Path| {
+    fn add_names(&mut self, path: &Path) {
         for component in path.components() {
             if let Component::Normal(name) = component {
-                names.insert(name.to_owned());
-            }
-        }
-    };
-    add_components(&absolute);
-    if let Ok(resolved) = absolute.canonicalize() {
-        add_components(&resolved);
-    }
-    let mut prefix = PathBuf::new();
-    for component in absolute.components() {
-        prefix.push(component);
-        if let Ok(target) = std::fs::read_link(&prefix) {
-            add_components(&target);
-            // A link inside the link's target, such as `..data` in `..data/config.toml`.
-            if let Ok(resolved) = prefix.canonicalize() {
-                add_components(&resolved);
+                self.names.insert(name.to_owned());
             }
         }
     }
-    names
-}
 
-fn directories_for_target(target: &Path) -> Vec<PathBuf> {
-    if target.is_dir() {
-        vec![target.to_owned()]
-    } else {
-        target.parent().map(Path::to_owned).into_iter().collect()
+    /// Adds `directory`, or while it does not exist its nearest ancestor that does, so
+    /// that its creation is reported.
+    fn add_directory(&mut self, directory: &Path) {
+        if let Some(existing) = directory.ancestors().find(|ancestor| ancestor.is_dir()) {
+            self.directories.insert(existing.to_owned());
+        }
     }
 }
 
@@ -311,12 +292,9 @@ pub struct FileWatch {
 impl FileWatch {
     /// Makes the watches and the name filter match the files of the last attempt.
     fn refresh(&mut self, reloader: &Reloader) {
-        *self.names.lock().expect("watch names lock poisoned") = reloader.watched_names();
-        update_watches(
-            &mut self.watcher,
-            &mut self.watched,
-            reloader.watched_directories(),
-        );
+        let targets = reloader.watch_targets();
+        *self.names.lock().expect("watch names lock poisoned") = targets.names;
+        update_watches(&mut self.watcher, &mut self.watched, targets.directories);
     }
 }
 
