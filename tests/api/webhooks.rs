@@ -88,3 +88,29 @@ webhookSecrets = { github = "gh-secret-value" }
         .any(|line| line.contains("WARN") && line.contains(keys_path));
     assert!(warned, "no warning naming {keys_path} in stderr:\n{stderr}");
 }
+
+#[tokio::test]
+async fn webhook_base64_secret_matches() {
+    // A base64 secret with '+', '/' and '=', and a secret name with a space, as the
+    // original accepted them.
+    let daemon = DaemonBuilder::new()
+        .start(
+            r#"
+[tasks.deploy]
+command = ["cat"]
+webhookSecrets = { "build server" = "ab+cd/ef==" }
+"#,
+        )
+        .await;
+
+    let raw = daemon.post_webhook("ab+cd/ef==", "raw").await;
+    let encoded = daemon.post_webhook("ab%2Bcd%2Fef%3D%3D", "encoded").await;
+    let prefix = daemon.post_webhook("ab+cd", "prefix").await;
+
+    assert_eq!(raw.status, 200, "{}", raw.text());
+    assert_eq!(raw.json()["stdout"], "raw");
+    assert_eq!(encoded.status, 200, "{}", encoded.text());
+    assert_eq!(encoded.json()["stdout"], "encoded");
+    assert_eq!(prefix.status, 404, "{}", prefix.text());
+    assert!(!daemon.stderr().contains("ab+cd"));
+}
