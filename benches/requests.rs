@@ -1,7 +1,7 @@
-//! Round trip of API requests through the real `rtask` binary: a synchronous run of
-//! `true`, a run whose 8 MiB of output is cut to the 16 KiB default, and a rejected
-//! request (wrong key id), each over a new loopback connection. After the runs the
-//! daemon's resident memory is printed, to compare against the baseline.
+//! Round trip of API requests through the real `rtask` binary, each over a new loopback
+//! connection. Three cases: a synchronous run of `true`, a run whose 8 MiB of output is
+//! cut to the 16 KiB default, and a request with a key id the task does not allow.
+//! After the runs the daemon's resident memory is printed, next to the baseline.
 //!
 //! Run with `cargo bench --bench requests`.
 
@@ -128,7 +128,7 @@ fn read_api_address(child: &mut Child) -> SocketAddr {
             break rest.trim().parse().expect("socket address");
         }
     };
-    // Keep draining the log so the daemon never blocks on a full pipe.
+    // Drain the rest of the log, so the daemon does not block on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     address
 }

@@ -384,7 +384,7 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
 }
 
-/// Longest duration any setting accepts: a year. Larger values are typos, and would
+/// Maximum duration any setting accepts: a year. Larger values are typos, and would
 /// overflow the clock arithmetic.
 const MAX_SECONDS: u64 = 366 * 24 * 3600;
 

@@ -47,7 +47,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// Reports whether stderr is the journal stream systemd set up for this service:
-/// `JOURNAL_STREAM` holds the device and inode of that stream, and stderr may since have
+/// `JOURNAL_STREAM` contains the device and inode of that stream, and stderr may since have
 /// been redirected elsewhere.
 fn stderr_is_journal() -> bool {
     let Ok(value) = std::env::var("JOURNAL_STREAM") else {

@@ -1,9 +1,9 @@
 //! API keys, byte-compatible with the files of the original Go rtask.
 //!
-//! The keys file is a TOML table from key name to a stored key: base64url (no padding) of
-//! a CBOR map `{1: id, 2: salt, 3: time cost, 4: memory in MiB, 5: parallelism, 6: hash}`,
-//! where the hash is argon2id (version 0x13) of the raw key bytes with an output as long
-//! as the key. The key a client presents is base64url of CBOR `{1: id, 2: key bytes}`. As
+//! The keys file is a TOML table from key name to a stored key. A stored key is base64url
+//! (no padding) of a CBOR map `{1: id, 2: salt, 3: time cost, 4: memory in MiB,
+//! 5: parallelism, 6: hash}`. The hash is argon2id (version 0x13) of the raw key bytes,
+//! with an output as long as the key. The key a client presents is base64url of CBOR `{1: id, 2: key bytes}`. As
 //! the Go encoder writes them, fields equal to zero are absent.
 
 use std::collections::{BTreeMap, HashMap};

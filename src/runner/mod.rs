@@ -35,7 +35,7 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// pipes to close, before it gives up on them and logs it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// Returns how long stopping a run can take at most once it was told to stop: its
+/// Returns the maximum time stopping a run takes once the stop begins: its
 /// kill grace, two waits for SIGKILL to take effect, the drain, and the wait for its
 /// pipes.
 pub fn stop_duration(kill_grace: Duration) -> Duration {
@@ -139,7 +139,7 @@ impl Supervisor {
         let started = Instant::now();
         let task = &request.task;
         // Checked after the run is tracked, so shutdown either waits for it or the run
-        // sees the flag and never starts a process.
+        // finds the flag set and never starts a process.
         if self.is_stopping() {
             return Outcome {
                 status: Status::Canceled,

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::metrics::RejectionReason;
 
-/// An error answered to an API client.
+/// An error response sent to an API client.
 #[derive(Debug)]
 pub enum ApiError {
     /// A request that failed authentication or a limit; counted in the metrics.

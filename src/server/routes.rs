@@ -155,10 +155,10 @@ async fn execute(
     Ok(Json(RunResult::from_outcome(&outcome)).into_response())
 }
 
-/// Longest pause allowed between two parts of a request body.
+/// Maximum pause between two parts of a request body.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Longest time a whole request body may take, so that a trickle of bytes cannot hold
+/// Maximum time a whole request body may take, so that a trickle of bytes cannot hold
 /// a connection for hours.
 const BODY_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 

@@ -1,7 +1,7 @@
-//! CPU contention for tests of startup races: the daemon runs pinned to CPU 0 next to a
-//! busy loop pinned to the same CPU, so that a task it spawns runs late while the test,
-//! on the other CPUs, reacts at once. This makes a race that needs a late task show up
-//! in most runs instead of a few.
+//! CPU contention for tests of startup races. The daemon runs pinned to CPU 0 next to a
+//! busy loop pinned to the same CPU, so a task it spawns runs late while the test, on the
+//! other CPUs, reacts at once. A race that needs a late task then shows up in most runs
+//! instead of a few.
 
 #![expect(
     clippy::disallowed_methods,

@@ -316,9 +316,9 @@ impl Daemon {
         self.path("keys.toml")
     }
 
-    /// The daemon's log, in a subdirectory: the daemon watches the directory of its
-    /// config, and log writes there would make it re-read its inputs all the time,
-    /// which would hide a change the watcher missed.
+    /// Returns the path of the daemon's log, in a subdirectory. The daemon watches its
+    /// config's directory, and log writes there would make it re-read its inputs all the
+    /// time, which would hide a change the watcher missed.
     fn stderr_path(&self) -> PathBuf {
         let logs = self.path("logs");
         fs::create_dir_all(&logs).expect("create the logs directory");

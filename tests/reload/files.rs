@@ -1,6 +1,6 @@
 //! The configuration file replaced in every way tools do it: rewritten in place,
 //! renamed over, a symlink swapped, a Kubernetes-style `..data` directory link swapped,
-//! and a change no watcher sees followed by SIGHUP.
+//! and a change no watcher reports followed by SIGHUP.
 
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -2,11 +2,11 @@
 //! tools replace a file, SIGHUP, invalid files, requests in flight, and the state that
 //! must survive a reload.
 //!
-//! The daemon's log file lies in the watched directory, so every line it logs is a
-//! file event that makes the daemon read its inputs again, which would hide a missed
-//! change. Tests therefore wait for a change with requests that log nothing until the
-//! change is in force: a task that only the new configuration has (404 before), a key
-//! or secret that only the new file has, or the reload counters in the metrics.
+//! Tests wait for a change with requests that succeed only once the change is in force.
+//! Such a request asks for a task that only the new configuration has (404 before), or
+//! uses a key or secret that only the new file has, or reads the reload counters in the
+//! metrics. The harness keeps the daemon's log outside the watched directory, so no log
+//! line makes the daemon read its inputs again and hide a change the watcher missed.
 
 mod failures;
 mod files;

@@ -37,7 +37,7 @@ struct LoadReport {
 }
 
 /// Sends `POST /tasks/echo` on a new connection each time until `stop` is set or a
-/// bound is reached. `succeeded` counts the requests answered correctly.
+/// bound is reached. `succeeded` counts the requests that got the expected response.
 fn client_loop(
     addr: SocketAddr,
     key: &str,

@@ -1,5 +1,5 @@
 //! Graceful stop on SIGTERM: runs in flight finish within `shutdownGraceSeconds`, the
-//! rest are stopped and answered with `canceled`, and the daemon exits 0 with nothing of
+//! rest are stopped and get the result `canceled`, and the daemon exits 0 with nothing of
 //! its tasks left running.
 
 use std::process::ExitStatus;
