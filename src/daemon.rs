@@ -94,7 +94,6 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
         "stopping"
     );
     stop.cancel();
-    supervisor.begin_shutdown();
     // A second SIGTERM or SIGINT ends the grace period at once.
     let second_signal = async {
         tokio::select! {
@@ -138,28 +137,43 @@ struct Grace {
 }
 
 /// Lets requests and runs in flight finish for up to the shutdown grace, or until
-/// `second_signal`, then stops the runs that remain (SIGTERM, their kill grace, SIGKILL)
-/// and waits for their responses to go out.
+/// `second_signal`. A request that a connection accepted before the stop delivers in
+/// that time still runs, so a restart refuses nothing. Then no new run is admitted, the
+/// runs that remain are stopped (SIGTERM, their kill grace, SIGKILL), and their
+/// responses go out.
 async fn shut_down(
     supervisor: &Supervisor,
-    api_server: tokio::task::JoinHandle<()>,
+    mut api_server: tokio::task::JoinHandle<()>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
     grace: Grace,
     second_signal: impl Future<Output = &'static str>,
 ) {
     let deadline = tokio::time::Instant::now() + grace.shutdown;
-    let idle = tokio::select! {
-        idle = supervisor.wait_idle(grace.shutdown) => idle,
+    let mut connections_closed = false;
+    // Once the API server has closed its last connection no request can admit a run,
+    // so waiting for the runs after that waits for the last of them.
+    let drain = async {
+        let _ = (&mut api_server).await;
+        connections_closed = true;
+        supervisor.idle().await;
+    };
+    let drained = tokio::select! {
+        () = drain => true,
+        () = tokio::time::sleep_until(deadline) => false,
         signal = second_signal => {
             tracing::info!(signal, "second signal received, ending the shutdown grace period");
             false
         }
     };
-    if !idle {
-        tracing::warn!(
-            running = supervisor.running_count(),
-            "stopping the runs still going"
-        );
+    supervisor.close();
+    if !drained {
+        tracing::info!("shutdown grace period over, admitting no new run");
+        if supervisor.running_count() > 0 {
+            tracing::warn!(
+                running = supervisor.running_count(),
+                "stopping the runs still going"
+            );
+        }
         supervisor.stop_all();
         if !supervisor
             .wait_idle(runner::stop_duration(grace.longest_kill))
@@ -172,10 +186,12 @@ async fn shut_down(
         }
     }
     // The runs are over; what remains is sending their responses.
-    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let limit = remaining.clamp(Duration::from_secs(1), Duration::from_secs(10));
-    if tokio::time::timeout(limit, api_server).await.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period, closing them");
+    if !connections_closed {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let limit = remaining.clamp(Duration::from_secs(1), Duration::from_secs(10));
+        if tokio::time::timeout(limit, api_server).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period, closing them");
+        }
     }
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();

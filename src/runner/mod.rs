@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::wait::WaitStatus;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::metrics::Metrics;
 use crate::tasks::Task;
@@ -95,6 +95,16 @@ pub struct RunRequest {
     pub input: bytes::Bytes,
     /// `REQUEST_HEADER_*` variables from `passRequestHeaders`.
     pub header_env: Vec<(String, String)>,
+    /// The supervisor's consent to this run, taken in the request handler before the
+    /// run moves to another tokio task.
+    pub admission: Admission,
+}
+
+/// A run the supervisor agreed to start: shutdown waits for it, or stops it, until it
+/// is dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _tracked: TaskTrackerToken,
 }
 
 /// Starts and supervises every task process of the daemon.
@@ -105,8 +115,8 @@ pub struct Supervisor {
     base_env: Vec<(OsString, OsString)>,
     /// The descriptor limit the daemon started with, before it raised its own.
     inherited_nofile: (u64, u64),
-    /// Set when the daemon starts to stop: no new run starts after that.
-    stopping: std::sync::atomic::AtomicBool,
+    /// Set once the shutdown grace period is over: no new run is admitted after that.
+    closed: std::sync::atomic::AtomicBool,
     /// Cancelled at shutdown, after the grace period: every run still going is stopped.
     stop_all: CancellationToken,
     runs: TaskTracker,
@@ -127,20 +137,29 @@ impl Supervisor {
             metrics,
             inherited_nofile: crate::limits::raise_nofile(),
             base_env,
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
             stop_all: CancellationToken::new(),
             runs: TaskTracker::new(),
         }))
     }
 
+    /// Admits a new run, unless the daemon is past its shutdown grace period.
+    pub fn admit(&self) -> Option<Admission> {
+        // The run is tracked before the flag is read, so shutdown either waits for it
+        // or the flag refuses it.
+        let token = self.runs.token();
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        Some(Admission { _tracked: token })
+    }
+
     /// Runs a task to its end. `cancel` stops it early with the status `canceled`.
     pub async fn run(&self, request: RunRequest, cancel: CancellationToken) -> Outcome {
-        let _tracked = self.runs.token();
         let started = Instant::now();
         let task = &request.task;
-        // Checked after the run is tracked, so shutdown either waits for it or the run
-        // finds the flag set and never starts a process.
-        if self.is_stopping() {
+        // A run admitted just before the runs were stopped starts no process.
+        if self.stop_all.is_cancelled() {
             return Outcome {
                 status: Status::Canceled,
                 exit_code: -1,
@@ -347,15 +366,9 @@ impl Supervisor {
         }
     }
 
-    /// Makes every later run end at once with the status `canceled`, without starting
-    /// a process.
-    pub fn begin_shutdown(&self) {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    /// Refuses every later run: [`Supervisor::admit`] returns `None` from now on.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops every run still going, with the usual SIGTERM, grace, SIGKILL sequence.
@@ -363,10 +376,15 @@ impl Supervisor {
         self.stop_all.cancel();
     }
 
+    /// Waits until no run is going. Runs admitted later are waited for as well.
+    pub async fn idle(&self) {
+        self.runs.close();
+        self.runs.wait().await;
+    }
+
     /// Waits until no run is going, for at most `limit`; returns whether none is.
     pub async fn wait_idle(&self, limit: Duration) -> bool {
-        self.runs.close();
-        tokio::time::timeout(limit, self.runs.wait()).await.is_ok()
+        tokio::time::timeout(limit, self.idle()).await.is_ok()
     }
 
     pub fn running_count(&self) -> usize {

@@ -97,9 +97,9 @@ async fn execute(
         return Err(state.reject(&task, RejectionReason::LimitExceeded));
     }
     let input = read_body(&state, &task, &headers, body).await?;
-    if state.supervisor.is_stopping() {
+    let Some(admission) = state.supervisor.admit() else {
         return Err(ApiError::ShuttingDown);
-    }
+    };
     let permit = match &task.slots {
         Some(slots) => match slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
@@ -115,6 +115,7 @@ async fn execute(
         task_id: task_id.clone(),
         key_name,
         input,
+        admission,
     };
 
     if task.config.is_async {

@@ -167,13 +167,74 @@ environment = {}
     );
 }
 
+/// A connection to `daemon` that has sent the head and half of the 10-byte body of
+/// `POST /tasks/upload`.
+fn send_half_request(daemon: &Daemon, key: &str) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(daemon.api_addr()).expect("connect");
+    let head = format!(
+        "POST /tasks/upload HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: 10\r\n\r\n12345"
+    );
+    std::io::Write::write_all(&mut stream, head.as_bytes()).expect("send the first half");
+    stream
+        .set_read_timeout(Some(secs(15.0)))
+        .expect("set a read timeout");
+    stream
+}
+
+/// Sends the rest of the body and returns the whole response.
+fn finish_request(mut stream: std::net::TcpStream) -> String {
+    std::io::Write::write_all(&mut stream, b"67890").expect("send the second half");
+    let mut response = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The JSON body of a raw HTTP response.
+fn response_json(response: &str) -> serde_json::Value {
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {response}"))
+}
+
 #[tokio::test]
-async fn stop_rejects_run_started_late() {
+async fn stop_serves_request_completed_during_grace() {
+    let (mut daemon, key) = start(&format!(
+        r#"
+shutdownGraceSeconds = 10
+
+[tasks.upload]
+command = ["cat"]
+apiKeyNames = ["{KEY_NAME}"]
+"#
+    ))
+    .await;
+
+    // Half the body arrives before SIGTERM, the rest after the daemon began stopping:
+    // what a restart under load looks like to a client.
+    let stream = send_half_request(&daemon, &key);
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_for_notify("STOPPING=1", secs(5.0)).await;
+    let response = tokio::task::spawn_blocking(move || finish_request(stream))
+        .await
+        .expect("request thread");
+
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let result = response_json(&response);
+    assert_eq!(result["status"], "success", "{response}");
+    assert_eq!(result["stdout"], "1234567890");
+    let status = wait_for_exit(&mut daemon).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn stop_cancels_run_started_during_grace() {
     let marker = unique_marker();
     let _guard = MarkerGuard::new(&marker);
-    let config = format!(
+    let (mut daemon, key) = start(&format!(
         r#"
-shutdownGraceSeconds = 3
+shutdownGraceSeconds = 2
 
 [tasks.upload]
 command = ["sh", "-c", "cat >/dev/null; sleep 25"]
@@ -181,32 +242,56 @@ apiKeyNames = ["{KEY_NAME}"]
 environment = {environment}
 "#,
         environment = marker_environment(&marker),
-    );
-    let (mut daemon, key) = start(&config).await;
+    ))
+    .await;
 
-    // Half the body arrives before SIGTERM, the rest after the daemon began stopping.
-    let mut stream = std::net::TcpStream::connect(daemon.api_addr()).expect("connect");
-    let head = format!(
-        "POST /tasks/upload HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
-         Content-Length: 10\r\n\r\n12345"
-    );
-    std::io::Write::write_all(&mut stream, head.as_bytes()).expect("send the first half");
+    let stream = send_half_request(&daemon, &key);
     daemon.signal(Signal::SIGTERM);
     daemon.wait_for_notify("STOPPING=1", secs(5.0)).await;
-    std::io::Write::write_all(&mut stream, b"67890").expect("send the second half");
-    stream
-        .set_read_timeout(Some(secs(10.0)))
-        .expect("set a read timeout");
-    let mut response = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut stream, &mut response);
-    let status_line = String::from_utf8_lossy(&response);
+    let response = tokio::task::spawn_blocking(move || finish_request(stream));
+    wait_until("task process started", SPAWN_TIMEOUT, async || {
+        !procfs::with_marker(&marker).is_empty()
+    })
+    .await;
+    let response = response.await.expect("request thread");
 
-    assert!(
-        status_line.starts_with("HTTP/1.1 503"),
-        "{status_line}\n{}",
-        daemon.stderr()
-    );
-    let status: ExitStatus = daemon.stop();
-    assert!(status.success(), "{status:?}");
-    assert!(procfs::with_marker(&marker).is_empty());
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(response_json(&response)["status"], "canceled", "{response}");
+    let status = wait_for_exit(&mut daemon).await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(procfs::with_marker(&marker), []);
+}
+
+#[tokio::test]
+async fn stop_refuses_run_after_grace() {
+    let marker = unique_marker();
+    let _guard = MarkerGuard::new(&marker);
+    let (mut daemon, key) = start(&format!(
+        r#"
+shutdownGraceSeconds = 1
+
+[tasks.upload]
+command = ["sh", "-c", "cat >/dev/null; sleep 25"]
+apiKeyNames = ["{KEY_NAME}"]
+environment = {environment}
+"#,
+        environment = marker_environment(&marker),
+    ))
+    .await;
+
+    // The open request keeps the daemon in its grace period until it ends.
+    let stream = send_half_request(&daemon, &key);
+    daemon.signal(Signal::SIGTERM);
+    wait_until("end of the grace period", secs(10.0), async || {
+        daemon.stderr().contains("admitting no new run")
+    })
+    .await;
+    let response = tokio::task::spawn_blocking(move || finish_request(stream))
+        .await
+        .expect("request thread");
+
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    let status = wait_for_exit(&mut daemon).await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(procfs::with_marker(&marker), []);
 }
