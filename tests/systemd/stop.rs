@@ -182,6 +182,23 @@ fn send_half_request(daemon: &Daemon, key: &str) -> std::net::TcpStream {
     stream
 }
 
+/// Starts a daemon with the task `upload`, which reads its input and then sleeps for
+/// 25 s in a process marked with `marker`.
+async fn start_slow_upload(marker: &str, grace_seconds: u32) -> (Daemon, String) {
+    start(&format!(
+        r#"
+shutdownGraceSeconds = {grace_seconds}
+
+[tasks.upload]
+command = ["sh", "-c", "cat >/dev/null; sleep 25"]
+apiKeyNames = ["{KEY_NAME}"]
+environment = {environment}
+"#,
+        environment = marker_environment(marker),
+    ))
+    .await
+}
+
 /// Sends the rest of the body and returns the whole response.
 fn finish_request(mut stream: std::net::TcpStream) -> String {
     std::io::Write::write_all(&mut stream, b"67890").expect("send the second half");
@@ -232,18 +249,7 @@ apiKeyNames = ["{KEY_NAME}"]
 async fn stop_cancels_run_started_during_grace() {
     let marker = unique_marker();
     let _guard = MarkerGuard::new(&marker);
-    let (mut daemon, key) = start(&format!(
-        r#"
-shutdownGraceSeconds = 2
-
-[tasks.upload]
-command = ["sh", "-c", "cat >/dev/null; sleep 25"]
-apiKeyNames = ["{KEY_NAME}"]
-environment = {environment}
-"#,
-        environment = marker_environment(&marker),
-    ))
-    .await;
+    let (mut daemon, key) = start_slow_upload(&marker, 2).await;
 
     let stream = send_half_request(&daemon, &key);
     daemon.signal(Signal::SIGTERM);
@@ -266,18 +272,7 @@ environment = {environment}
 async fn stop_refuses_run_after_grace() {
     let marker = unique_marker();
     let _guard = MarkerGuard::new(&marker);
-    let (mut daemon, key) = start(&format!(
-        r#"
-shutdownGraceSeconds = 1
-
-[tasks.upload]
-command = ["sh", "-c", "cat >/dev/null; sleep 25"]
-apiKeyNames = ["{KEY_NAME}"]
-environment = {environment}
-"#,
-        environment = marker_environment(&marker),
-    ))
-    .await;
+    let (mut daemon, key) = start_slow_upload(&marker, 1).await;
 
     // The open request keeps the daemon in its grace period until it ends.
     let stream = send_half_request(&daemon, &key);
