@@ -31,151 +31,85 @@ fn run_with_config(dir: &Path, config: &str) -> Output {
     run_command(command)
 }
 
-/// Checks that `output` is a clean config error: exit 78, one message naming the
-/// config file, a line and column, and each of `fragments`, and no panic.
+/// Runs `rtask run` on `config` in a new directory and checks that it is refused as a
+/// clean config error: exit 78, one message naming the config file, a line and
+/// column, and each of `fragments`, and no panic. In `config` and `fragments`, `{dir}`
+/// stands for the directory. Returns the daemon's stderr.
 #[track_caller]
-fn assert_config_error(dir: &Path, output: &Output, fragments: &[&str]) {
-    let stderr = stderr_text(output);
-    let config_path = dir.join("config.toml");
+fn assert_config_error(config: &str, fragments: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("create temporary directory");
+    let dir_text = dir.path().to_str().expect("UTF-8 path");
+    let output = run_with_config(dir.path(), &config.replace("{dir}", dir_text));
+    let stderr = stderr_text(&output);
     assert_eq!(output.status.code(), Some(EX_CONFIG), "stderr:\n{stderr}");
-    assert!(
-        stderr.contains(config_path.to_str().expect("UTF-8 path")),
-        "stderr names the config file:\n{stderr}"
-    );
-    assert!(stderr.contains("line "), "stderr names a line:\n{stderr}");
-    assert!(
-        stderr.contains("column "),
-        "stderr names a column:\n{stderr}"
-    );
-    for fragment in fragments {
+    let config_path = dir.path().join("config.toml");
+    let config_path = config_path.to_str().expect("UTF-8 path");
+    let expected = [config_path, "line ", "column "]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(fragments.iter().map(|text| text.replace("{dir}", dir_text)));
+    for fragment in expected {
         assert!(
-            stderr.contains(fragment),
+            stderr.contains(&fragment),
             "stderr mentions {fragment:?}:\n{stderr}"
         );
     }
     assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
     assert!(!stderr.contains("backtrace"), "stderr:\n{stderr}");
+    stderr
 }
 
 #[test]
 fn config_unknown_key_exit_78() {
-    let dir = tempfile::tempdir().expect("create temporary directory");
-
-    let output = run_with_config(
-        dir.path(),
-        r#"
-[tasks.echo]
-command = ["cat"]
-comand = ["typo"]
-"#,
-    );
-
-    assert_config_error(dir.path(), &output, &["echo", "comand"]);
+    let config = "[tasks.echo]\ncommand = [\"cat\"]\ncomand = [\"typo\"]\n";
+    assert_config_error(config, &["echo", "comand"]);
 }
 
 #[test]
 fn config_unknown_top_level_key_exit_78() {
-    let dir = tempfile::tempdir().expect("create temporary directory");
-
-    let output = run_with_config(
-        dir.path(),
-        r#"
-shutdownGrace = 5
-
-[tasks.echo]
-command = ["cat"]
-"#,
-    );
-
-    assert_config_error(dir.path(), &output, &["shutdownGrace"]);
+    let config = "shutdownGrace = 5\n\n[tasks.echo]\ncommand = [\"cat\"]\n";
+    assert_config_error(config, &["shutdownGrace"]);
 }
 
 #[test]
 fn config_syntax_error_exit_78() {
-    let dir = tempfile::tempdir().expect("create temporary directory");
-
-    let output = run_with_config(
-        dir.path(),
-        r#"
-[tasks.echo]
-command = ["cat"
-"#,
-    );
-
-    assert_config_error(dir.path(), &output, &[]);
+    assert_config_error("[tasks.echo]\ncommand = [\"cat\"\n", &[]);
 }
 
 #[test]
 fn config_empty_command_exit_78() {
-    let dir = tempfile::tempdir().expect("create temporary directory");
-
-    let output = run_with_config(
-        dir.path(),
-        r#"
-[tasks.hollow]
-command = []
-"#,
-    );
-
-    assert_config_error(dir.path(), &output, &["hollow", "command"]);
+    assert_config_error("[tasks.hollow]\ncommand = []\n", &["hollow", "command"]);
 }
 
 #[test]
 fn config_bad_task_name_exit_78() {
-    let dir = tempfile::tempdir().expect("create temporary directory");
-
-    let output = run_with_config(
-        dir.path(),
-        r#"
-[tasks."bad/name"]
-command = ["true"]
-"#,
-    );
-
-    assert_config_error(dir.path(), &output, &["bad/name"]);
+    let config = "[tasks.\"bad/name\"]\ncommand = [\"true\"]\n";
+    assert_config_error(config, &["bad/name"]);
 }
 
 #[test]
 fn config_missing_secret_file_exit_78() {
-    let dir = tempfile::tempdir().expect("create temporary directory");
-    let secret_file = dir.path().join("absent.secret");
-    let secret_file = secret_file.to_str().expect("UTF-8 path");
-
-    let output = run_with_config(
-        dir.path(),
-        &format!(
-            r#"
+    let config = r#"
 [tasks.deploy]
 command = ["true"]
-webhookSecretFiles = {{ github = "{secret_file}" }}
-"#
-        ),
-    );
-
-    assert_config_error(dir.path(), &output, &["deploy", secret_file]);
+webhookSecretFiles = { github = "{dir}/absent.secret" }
+"#;
+    assert_config_error(config, &["deploy", "{dir}/absent.secret"]);
 }
 
 #[test]
 fn config_wrong_type_exit_78() {
-    let dir = tempfile::tempdir().expect("create temporary directory");
-
-    let output = run_with_config(
-        dir.path(),
-        r#"
+    let config = r#"
 [tasks.echo]
 command = ["cat"]
 maxConcurrentTasks = "seventeen-runs"
-"#,
-    );
+"#;
+
+    let stderr = assert_config_error(config, &["echo", "invalid type: string"]);
 
     // The kind of value is named, the value itself is not: it could be a secret typed
     // in the wrong place.
-    assert_config_error(dir.path(), &output, &["echo", "invalid type: string"]);
-    assert!(
-        !stderr_text(&output).contains("two"),
-        "{}",
-        stderr_text(&output)
-    );
+    assert!(!stderr.contains("seventeen-runs"), "{stderr}");
 }
 
 /// Writes a valid config and keys file into `dir` and returns the config path.
