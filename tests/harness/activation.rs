@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub use super::fds::pass_listen_fds;
-use super::{NotifyRecorder, add_key, parse_logged_address, scrub_env};
+use super::{NotifyRecorder, START_TIMEOUT, add_key, parse_logged_address, scrub_env};
 
 /// Time the daemon may take to exit after SIGTERM in `Drop` before it gets SIGKILL.
 const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -126,6 +126,13 @@ impl ActivatedBuilder {
     pub fn wrapper(mut self, wrapper: &[&str]) -> Self {
         self.wrapper = wrapper.iter().map(OsString::from).collect();
         self
+    }
+
+    /// Starts the daemon as [`ActivatedBuilder::spawn`] does and waits for `READY=1`.
+    pub async fn start(self, config: &str) -> Activated {
+        let mut daemon = self.spawn(config);
+        daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        daemon
     }
 
     /// Writes `config` to `config.toml`, binds the notify socket and starts the

@@ -11,7 +11,7 @@ use super::{KEY_NAME, RELOAD_TIMEOUT, replace_file, version_config};
 use crate::harness::activation::ActivatedBuilder;
 use crate::harness::contention::{CpuHog, pin_to_cpu0};
 use crate::harness::raw_http::{request_bytes, tcp_request};
-use crate::harness::{START_TIMEOUT, poll_until, procfs};
+use crate::harness::{poll_until, procfs};
 
 /// Daemons started, each of which must load its change.
 const ATTEMPTS: usize = 5;
@@ -28,12 +28,12 @@ async fn check_change_after_ready(attempt: usize) {
         builder = builder.wrapper(&pin);
     }
     let hog = CpuHog::start();
-    let mut daemon = builder
+    let daemon = builder
         .socket(api)
         .socket(metrics)
         .fd_names("api:metrics")
-        .spawn(&version_config("v1"));
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        .start(&version_config("v1"))
+        .await;
 
     let watched_at_write = procfs::inotify_watched_inodes(daemon.pid());
     replace_file(&daemon.path("config.toml"), &version_config("v2"));

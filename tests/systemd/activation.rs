@@ -12,24 +12,26 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket
 use super::{ECHO_CONFIG, KEY_NAME, get_metrics, local_addr, post_echo, tcp_listener};
 use crate::harness::activation::{ActivatedBuilder, has_field};
 use crate::harness::raw_http::{self, unix_request};
-use crate::harness::{START_TIMEOUT, procfs, secs};
+use crate::harness::{procfs, secs};
 
 /// Time a daemon that rejects its sockets may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[tokio::test]
-async fn activation_tcp_api_and_metrics() {
+/// Starts a daemon with a TCP API socket and a TCP metrics socket, passed in that
+/// order or, with `metrics_first`, the other way round, and checks that each serves
+/// what its name says and nothing else.
+async fn check_tcp_sockets_by_name(metrics_first: bool) {
     let api = tcp_listener();
     let metrics = tcp_listener();
     let (api_addr, metrics_addr) = (local_addr(&api), local_addr(&metrics));
     let builder = ActivatedBuilder::new();
     let key = builder.add_key(KEY_NAME);
-    let mut daemon = builder
-        .socket(api)
-        .socket(metrics)
-        .fd_names("api:metrics")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+    let builder = if metrics_first {
+        builder.socket(metrics).socket(api).fd_names("metrics:api")
+    } else {
+        builder.socket(api).socket(metrics).fd_names("api:metrics")
+    };
+    let _daemon = builder.start(ECHO_CONFIG).await;
 
     let reply = post_echo(api_addr, &key, "over tcp").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -42,25 +44,14 @@ async fn activation_tcp_api_and_metrics() {
 }
 
 #[tokio::test]
-async fn activation_names_not_positions() {
-    let api = tcp_listener();
-    let metrics = tcp_listener();
-    let (api_addr, metrics_addr) = (local_addr(&api), local_addr(&metrics));
-    let builder = ActivatedBuilder::new();
-    let key = builder.add_key(KEY_NAME);
-    // fd 3 is the metrics socket and fd 4 the API socket.
-    let mut daemon = builder
-        .socket(metrics)
-        .socket(api)
-        .fd_names("metrics:api")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+async fn activation_tcp_api_and_metrics() {
+    check_tcp_sockets_by_name(false).await;
+}
 
-    let reply = post_echo(api_addr, &key, "by name").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.json()["stdout"], "by name");
-    assert_eq!(get_metrics(metrics_addr).await.status, 200);
-    assert_eq!(get_metrics(api_addr).await.status, 404);
+#[tokio::test]
+async fn activation_names_not_positions() {
+    // fd 3 is the metrics socket and fd 4 the API socket.
+    check_tcp_sockets_by_name(true).await;
 }
 
 #[tokio::test]
@@ -75,8 +66,8 @@ async fn activation_unix_stream_sockets() {
         .socket(api)
         .socket(metrics)
         .fd_names("api:metrics")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        .start(ECHO_CONFIG)
+        .await;
 
     let request = raw_http::request_bytes("POST", "/tasks/echo", Some(&key), b"over unix");
     let reply = unix_request(&api_path, request).await;
@@ -106,8 +97,7 @@ async fn check_single_socket_is_api(names: Option<&str>) {
     if let Some(names) = names {
         builder = builder.fd_names(names);
     }
-    let mut daemon = builder.spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+    let daemon = builder.start(ECHO_CONFIG).await;
 
     let reply = post_echo(api_addr, &key, "single").await;
     assert_eq!(reply.status, 200, "names {names:?}: {}", reply.text());
@@ -213,8 +203,8 @@ async fn activation_other_listen_pid_ignored() {
         .run_arg("127.0.0.1:0")
         .run_arg("--metrics-address")
         .run_arg("127.0.0.1:0")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        .start(ECHO_CONFIG)
+        .await;
 
     let api_addr = daemon.logged_address("api").await;
     let metrics_addr = daemon.logged_address("metrics").await;
@@ -230,8 +220,7 @@ async fn activation_api_only_serves_no_metrics() {
     let api_addr = local_addr(&api);
     let builder = ActivatedBuilder::new();
     let key = builder.add_key(KEY_NAME);
-    let mut daemon = builder.socket(api).fd_names("api").spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+    let mut daemon = builder.socket(api).fd_names("api").start(ECHO_CONFIG).await;
 
     daemon
         .wait_for_log(&["no metrics socket", "serving no metrics"], secs(5.0))
@@ -252,8 +241,8 @@ async fn activation_api_only_binds_metrics_address() {
         .fd_names("api")
         .run_arg("--metrics-address")
         .run_arg("127.0.0.1:0")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        .start(ECHO_CONFIG)
+        .await;
 
     let metrics_addr = daemon.logged_address("metrics").await;
     assert_ne!(metrics_addr, api_addr);
@@ -274,8 +263,8 @@ async fn activation_inherited_api_wins() {
         .fd_names("api:metrics")
         .run_arg("--api-address")
         .run_arg("127.0.0.1:0")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        .start(ECHO_CONFIG)
+        .await;
 
     assert_eq!(daemon.logged_address("api").await, api_addr);
     assert_eq!(procfs::listening_socket_count(daemon.pid()), 2);
@@ -288,7 +277,7 @@ async fn activation_child_env_scrubbed() {
     let api_addr = local_addr(&api);
     let builder = ActivatedBuilder::new();
     let key = builder.add_key(KEY_NAME);
-    let mut daemon = builder
+    let _daemon = builder
         .socket(api)
         .socket(tcp_listener())
         .fd_names("api:metrics")
@@ -296,14 +285,14 @@ async fn activation_child_env_scrubbed() {
         .env("WATCHDOG_USEC", "60000000")
         .env_daemon_pid("WATCHDOG_PID")
         .env("RTASK_TEST_INHERITED", "yes")
-        .spawn(
+        .start(
             r#"
 [tasks.env]
 command = ["env"]
 apiKeyNames = ["ci"]
 "#,
-        );
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        )
+        .await;
 
     let request = raw_http::request_bytes("POST", "/tasks/env", Some(&key), b"");
     let reply = raw_http::tcp_request(api_addr, request).await;

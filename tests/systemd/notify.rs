@@ -8,7 +8,7 @@ use sd_notify::NotifyState;
 
 use super::{ECHO_CONFIG, KEY_NAME, tcp_listener};
 use crate::harness::activation::ActivatedBuilder;
-use crate::harness::{DaemonBuilder, START_TIMEOUT, procfs, secs};
+use crate::harness::{DaemonBuilder, procfs, secs};
 
 /// Time allowed for a reload or a stop to be announced.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,8 +118,8 @@ async fn notify_stopping_on_sigint() {
         .socket(tcp_listener())
         .socket(tcp_listener())
         .fd_names("api:metrics")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        .start(ECHO_CONFIG)
+        .await;
 
     daemon.signal(Signal::SIGINT);
     let status = daemon.wait_for_exit(secs(15.0)).await;
@@ -179,8 +179,8 @@ async fn notify_watchdog_with_own_pid() {
         .run_arg("127.0.0.1:0")
         .run_arg("--metrics-address")
         .run_arg("127.0.0.1:0")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        .start(ECHO_CONFIG)
+        .await;
 
     for _ in 0..3 {
         daemon.wait_for_notify("WATCHDOG=1", secs(2.0)).await;
@@ -196,8 +196,8 @@ async fn notify_watchdog_other_pid_silent() {
         .run_arg("127.0.0.1:0")
         .run_arg("--metrics-address")
         .run_arg("127.0.0.1:0")
-        .spawn(ECHO_CONFIG);
-    daemon.wait_for_notify("READY=1", START_TIMEOUT).await;
+        .start(ECHO_CONFIG)
+        .await;
 
     // Absence cannot be awaited: watch for five ping intervals.
     daemon
