@@ -5,7 +5,7 @@ use std::fs;
 
 use reqwest::Method;
 
-use super::gated_command;
+use super::start_gated;
 use crate::harness::{DaemonBuilder, secs, send, wait_until};
 
 /// Checks that `id` has the documented form: 16 characters of lowercase base32.
@@ -18,20 +18,7 @@ fn is_task_id(id: &str) -> bool {
 
 #[tokio::test]
 async fn async_poll_running_then_result() {
-    let builder = DaemonBuilder::new();
-    let key = builder.add_key("ci");
-    let release = builder.path("release");
-    let daemon = builder
-        .start(&format!(
-            r#"
-[tasks.job]
-command = {}
-apiKeyNames = ["ci"]
-async = true
-"#,
-            gated_command(&release)
-        ))
-        .await;
+    let (daemon, key, release) = start_gated("job", "async = true").await;
 
     let id = daemon.start_async("job", &key, "payload").await;
     assert!(is_task_id(&id), "task id {id:?}");

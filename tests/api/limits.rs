@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::gated_command;
+use super::start_gated;
 use crate::harness::{Daemon, DaemonBuilder, Metrics, Reply};
 
 /// Number of simultaneous requests in the `maxConcurrentTasks` tests.
@@ -102,20 +102,8 @@ fn count_status(replies: &[Reply], status: u16) -> usize {
 
 #[tokio::test]
 async fn max_concurrent_sync_admits_two() {
-    let builder = DaemonBuilder::new();
-    let key = builder.add_key("ci");
-    let release = builder.path("release");
-    let daemon = builder
-        .start(&format!(
-            r#"
-[tasks.gate]
-command = {}
-apiKeyNames = ["ci"]
-maxConcurrentTasks = {MAX_CONCURRENT}
-"#,
-            gated_command(&release)
-        ))
-        .await;
+    let (daemon, key, release) =
+        start_gated("gate", &format!("maxConcurrentTasks = {MAX_CONCURRENT}")).await;
 
     let replies = post_concurrently(&daemon, "gate", &key, &release).await;
 
@@ -139,21 +127,11 @@ maxConcurrentTasks = {MAX_CONCURRENT}
 
 #[tokio::test]
 async fn max_concurrent_async_admits_two() {
-    let builder = DaemonBuilder::new();
-    let key = builder.add_key("ci");
-    let release = builder.path("release");
-    let daemon = builder
-        .start(&format!(
-            r#"
-[tasks.gate]
-command = {}
-apiKeyNames = ["ci"]
-async = true
-maxConcurrentTasks = {MAX_CONCURRENT}
-"#,
-            gated_command(&release)
-        ))
-        .await;
+    let (daemon, key, release) = start_gated(
+        "gate",
+        &format!("async = true\nmaxConcurrentTasks = {MAX_CONCURRENT}"),
+    )
+    .await;
 
     // Async starts return at once, so all requests arrive while the admitted runs
     // still wait for the release file.

@@ -9,6 +9,8 @@ mod routes;
 mod sync_tasks;
 mod webhooks;
 
+use std::path::PathBuf;
+
 use crate::harness::{Daemon, DaemonBuilder};
 
 /// Name of the key that [`start_with_key`] creates.
@@ -22,10 +24,24 @@ pub async fn start_with_key(config: &str) -> (Daemon, String) {
     (builder.start(config).await, key)
 }
 
-/// Returns a TOML `command` array for a task that blocks until the file `release` exists,
-/// then copies stdin to stdout. Tests create the file to let the task finish, so
-/// they control how long it runs without sleeping.
-pub fn gated_command(release: &std::path::Path) -> String {
-    let release = release.to_str().expect("UTF-8 path");
-    format!(r#"["sh", "-c", 'while [ ! -e "{release}" ]; do sleep 0.02; done; cat']"#)
+/// Starts a daemon with the key `ci` and one task `task` that blocks until the file
+/// `release` exists, then copies stdin to stdout. Tests create the file to let the
+/// task finish, so they control how long it runs without sleeping. `options` are more
+/// lines of the task's table. Returns the daemon, the key and the release path.
+pub async fn start_gated(task: &str, options: &str) -> (Daemon, String, PathBuf) {
+    let builder = DaemonBuilder::new();
+    let key = builder.add_key(KEY_NAME);
+    let release = builder.path("release");
+    let release_text = release.to_str().expect("UTF-8 path");
+    let daemon = builder
+        .start(&format!(
+            r#"
+[tasks.{task}]
+command = ["sh", "-c", 'while [ ! -e "{release_text}" ]; do sleep 0.02; done; cat']
+apiKeyNames = ["{KEY_NAME}"]
+{options}
+"#
+        ))
+        .await;
+    (daemon, key, release)
 }

@@ -9,7 +9,7 @@ use nix::sys::signal;
 use nix::unistd::Pid;
 use reqwest::Method;
 
-use crate::api::gated_command;
+use crate::api::start_gated;
 use crate::harness::{Daemon, DaemonBuilder, Metrics, poll_until, secs, send, wait_until};
 
 #[tokio::test]
@@ -130,20 +130,7 @@ durationHistogramBuckets = [0.5, 5.0]
 
 #[tokio::test]
 async fn metrics_running_gauge() {
-    let builder = DaemonBuilder::new();
-    let key = builder.add_key("ci");
-    let release = builder.path("release");
-    let daemon = builder
-        .start(&format!(
-            r#"
-[tasks.job]
-command = {}
-apiKeyNames = ["ci"]
-async = true
-"#,
-            gated_command(&release)
-        ))
-        .await;
+    let (daemon, key, release) = start_gated("job", "async = true").await;
 
     let id = daemon.start_async("job", &key, "").await;
     wait_until("the running gauge rose to 1", secs(5.0), async || {
@@ -234,19 +221,7 @@ cancelOnDisconnect = true
 
 #[tokio::test]
 async fn metrics_disconnect_keeps_running() {
-    let builder = DaemonBuilder::new();
-    let key = builder.add_key("ci");
-    let release = builder.path("release");
-    let daemon = builder
-        .start(&format!(
-            r#"
-[tasks.steady]
-command = {}
-apiKeyNames = ["ci"]
-"#,
-            gated_command(&release)
-        ))
-        .await;
+    let (daemon, key, release) = start_gated("steady", "").await;
 
     post_and_disconnect(&daemon, "steady", &key).await;
     fs::write(&release, "").expect("create release file");
