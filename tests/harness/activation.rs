@@ -19,10 +19,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub use super::fds::pass_listen_fds;
-use super::{NotifyRecorder, START_TIMEOUT, add_key, parse_logged_address, scrub_env};
-
-/// Time the daemon may take to exit after SIGTERM in `Drop` before it gets SIGKILL.
-const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+use super::{NotifyRecorder, START_TIMEOUT, add_key, parse_logged_address, scrub_env, stop_child};
 
 /// Interval between checks while waiting for an exit or a log line.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -387,22 +384,10 @@ impl Drop for Activated {
         if std::thread::panicking() {
             eprintln!("--- daemon stderr ---\n{}--- end ---", self.stderr());
         }
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if self.exit_status.is_some() || matches!(child.try_wait(), Ok(Some(_))) {
-            return;
+        if let Some(child) = self.child.take()
+            && self.exit_status.is_none()
+        {
+            stop_child(child);
         }
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
-        let _ = signal::kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + DROP_STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }

@@ -620,24 +620,29 @@ impl Drop for Daemon {
         if std::thread::panicking() {
             eprintln!("--- daemon stderr ---\n{}--- end ---", self.stderr());
         }
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+        if let Some(child) = self.child.take() {
+            stop_child(child);
+        }
+    }
+}
+
+/// Stops a daemon left running at the end of a test: SIGTERM, up to 15 s to exit,
+/// then SIGKILL.
+pub fn stop_child(mut child: Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+    let _ = signal::kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
-        let _ = signal::kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        std::thread::sleep(POLL_INTERVAL);
     }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
