@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -156,19 +157,19 @@ fn build_command(
 #[derive(Debug, Clone)]
 pub struct ProcessTree {
     pub group: Pid,
-    marker: Vec<u8>,
+    marker: Arc<[u8]>,
 }
 
 impl ProcessTree {
     pub fn new(group: Pid, task_id: &str) -> ProcessTree {
         ProcessTree {
             group,
-            marker: format!("RTASK_TASK_ID={task_id}").into_bytes(),
+            marker: format!("RTASK_TASK_ID={task_id}").into_bytes().into(),
         }
     }
 
     /// Sends `signal` to every process of the task; returns false when none is left.
-    pub fn signal(&self, signal: Signal) -> bool {
+    async fn signal(&self, signal: Signal) -> bool {
         let group_alive = match killpg(self.group, signal) {
             Ok(()) => true,
             Err(Errno::ESRCH) => false,
@@ -178,7 +179,7 @@ impl ProcessTree {
             }
         };
         let mut escaped_alive = false;
-        for pid in self.escaped() {
+        for pid in self.escaped().await {
             if kill(pid, signal).is_ok() {
                 escaped_alive = true;
             }
@@ -190,44 +191,14 @@ impl ProcessTree {
     /// subreaper, they become its children once their parents are gone, so only
     /// rtask's children are searched. A process whose parent is alive is found after
     /// that parent is killed.
-    fn escaped(&self) -> Vec<Pid> {
-        // NOTE: this reads /proc on a runtime worker thread, once per finished run; cheap
-        // with a few hundred processes, not measured with many thousands.
-        let own_pid = std::process::id().to_string();
-        let Ok(entries) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut found = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|name| name.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // The fields after the command name, which is in parentheses and may
-            // itself contain spaces: state, ppid, pgrp, ...
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next();
-            let parent = fields.next();
-            if state == Some("Z") || parent != Some(own_pid.as_str()) {
-                continue;
-            }
-            let Ok(environ) = fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            if environ
-                .split(|byte| *byte == 0)
-                .any(|entry| entry == self.marker)
-            {
-                found.push(Pid::from_raw(pid));
-            }
-        }
-        found
+    ///
+    /// The scan reads /proc, which takes longer the more processes the host runs, so it
+    /// runs on the blocking pool rather than on a runtime worker.
+    async fn escaped(&self) -> Vec<Pid> {
+        let marker = self.marker.clone();
+        tokio::task::spawn_blocking(move || find_escaped(&marker))
+            .await
+            .unwrap_or_default()
     }
 
     /// Kills every process of the task with SIGKILL and waits until they are gone,
@@ -235,7 +206,7 @@ impl ProcessTree {
     pub async fn kill_all(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         let mut pause = Duration::from_millis(1);
-        while self.signal(Signal::SIGKILL) {
+        while self.signal(Signal::SIGKILL).await {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -255,13 +226,13 @@ impl ProcessTree {
         let mut signalled = Vec::new();
         let mut pause = Duration::from_millis(5);
         loop {
-            for pid in self.escaped() {
+            for pid in self.escaped().await {
                 if !signalled.contains(&pid) {
                     let _ = kill(pid, Signal::SIGTERM);
                     signalled.push(pid);
                 }
             }
-            if !self.is_alive() {
+            if !self.is_alive().await {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -272,7 +243,46 @@ impl ProcessTree {
         }
     }
 
-    fn is_alive(&self) -> bool {
-        killpg(self.group, None).is_ok() || !self.escaped().is_empty()
+    async fn is_alive(&self) -> bool {
+        killpg(self.group, None).is_ok() || !self.escaped().await.is_empty()
     }
+}
+
+/// Returns rtask's children, other than zombies, whose environment holds `marker`.
+fn find_escaped(marker: &[u8]) -> Vec<Pid> {
+    let own_pid = std::process::id().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|name| name.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name, which is in parentheses and may
+        // itself contain spaces: state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let parent = fields.next();
+        if state == Some("Z") || parent != Some(own_pid.as_str()) {
+            continue;
+        }
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|byte| *byte == 0)
+            .any(|entry| entry == marker)
+        {
+            found.push(Pid::from_raw(pid));
+        }
+    }
+    found
 }
