@@ -2,51 +2,135 @@
 //!
 //! One request costs at most one argon2 verification: the id inside the presented key
 //! selects the one stored hash to try. A key that passed is cached as a keyed hash and
-//! accepted again with a constant-time compare until the keys file changes. Verifications
-//! run on the blocking pool, a few at a time, so a flood of wrong keys cannot take more
-//! than a bounded amount of memory (64 MiB each with the default parameters). Requests
-//! beyond a short queue are rejected at once instead of waiting behind the flood.
+//! accepted again with a constant-time compare until the keys file changes. Requests
+//! that present the same key at the same time share one verification, so a burst with
+//! one key (a restarted daemon's backlog) costs one argon2 run. Verifications run on
+//! the blocking pool, a few at a time, so a flood of wrong keys cannot take more than a
+//! bounded amount of memory (64 MiB each with the default parameters). Keys beyond a
+//! short queue are rejected at once instead of waiting behind the flood.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
-use crate::keys::{KeyStore, PresentedKey};
+use crate::keys::{KeyEntry, KeyStore, PresentedKey};
 use crate::metrics::RejectionReason;
 use crate::tasks::Task;
 
 /// How many argon2 verifications may run at once.
 pub const PARALLEL_VERIFICATIONS: usize = 2;
 
-/// How many requests may wait for a verification; more get 503 at once. At about 55 ms
-/// a verification (see BENCHMARKS.md), the last of them waits about a second.
+/// How many different keys may wait for a verification; more get 503 at once. At about
+/// 55 ms a verification (see BENCHMARKS.md), the last of them waits about a second.
 pub const QUEUED_VERIFICATIONS: usize = 32;
+
+/// Keyed hash of a presented key, as [`KeyStore::digest`] computes it.
+type Digest = [u8; 32];
+
+/// A verification under way: the address of the stored key's entry, which the
+/// verification keeps alive, and the digest of the presented key. The entry is part of
+/// it because the digest alone survives a keys file change that gives the key's id to
+/// another key.
+type Attempt = (usize, Digest);
+
+/// The outcome of a verification once it is known: whether the key matched.
+type Verdict = watch::Receiver<Option<bool>>;
 
 /// The argon2 verifications running and waiting.
 #[derive(Debug)]
 pub struct Verifier {
     running: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    waiting: Arc<AtomicUsize>,
+    /// The verifications under way.
+    in_flight: Arc<Mutex<HashMap<Attempt, Verdict>>>,
 }
 
 impl Default for Verifier {
     fn default() -> Self {
         Verifier {
             running: Arc::new(Semaphore::new(PARALLEL_VERIFICATIONS)),
-            waiting: AtomicUsize::new(0),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::default(),
         }
     }
 }
 
-/// Counts a request in the verification queue while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
+impl Verifier {
+    /// Returns the outcome of the verification of `presented` against `entry`: the one
+    /// under way for the same key, or a new one. A new verification runs in its own
+    /// tokio task, so it ends and fills the cache even if every request waiting for it
+    /// is gone.
+    fn verify(
+        &self,
+        entry: Arc<KeyEntry>,
+        presented: PresentedKey,
+        digest: Digest,
+    ) -> Result<Verdict, RejectionReason> {
+        let attempt = (Arc::as_ptr(&entry) as usize, digest);
+        let mut in_flight = self.in_flight.lock().expect("the lock is never poisoned");
+        if let Some(verdict) = in_flight.get(&attempt) {
+            return Ok(verdict.clone());
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= QUEUED_VERIFICATIONS {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(RejectionReason::VerificationBusy);
+        }
+        let (sender, verdict) = watch::channel(None);
+        in_flight.insert(attempt, verdict.clone());
+        drop(in_flight);
 
-impl Drop for Waiting<'_> {
+        let listed = Listed {
+            in_flight: self.in_flight.clone(),
+            attempt,
+        };
+        let waiting = Waiting(self.waiting.clone());
+        let running = self.running.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = running.acquire_owned().await else {
+                return;
+            };
+            drop(waiting);
+            let verifying = entry.clone();
+            let matches = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                verifying.stored.matches(&presented.secret)
+            })
+            .await
+            .unwrap_or(false);
+            if matches {
+                entry.cache(digest);
+            }
+            let _ = sender.send(Some(matches));
+            drop(listed);
+        });
+        Ok(verdict)
+    }
+}
+
+/// Counts a verification in the queue while it lives.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a verification in the list of those under way while it lives.
+struct Listed {
+    in_flight: Arc<Mutex<HashMap<Attempt, Verdict>>>,
+    attempt: Attempt,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.remove(&self.attempt);
+        }
     }
 }
 
@@ -79,34 +163,14 @@ pub async fn authenticate(
     if entry.is_cached(&digest) {
         return Ok(entry.name.clone());
     }
-    if verifier.waiting.fetch_add(1, Ordering::Relaxed) >= QUEUED_VERIFICATIONS {
-        verifier.waiting.fetch_sub(1, Ordering::Relaxed);
-        return Err(RejectionReason::VerificationBusy);
-    }
-    let waiting = Waiting(&verifier.waiting);
-    let permit = verifier
-        .running
-        .clone()
-        .acquire_owned()
+    let mut verdict = verifier.verify(entry.clone(), presented, digest)?;
+    // A verification that ended without a verdict (a panic) counts as a failure.
+    let matches = verdict
+        .wait_for(Option::is_some)
         .await
-        .map_err(|_| RejectionReason::InvalidKey)?;
-    drop(waiting);
-    // Another request may have verified the same key while this one waited.
-    if entry.is_cached(&digest) {
-        return Ok(entry.name.clone());
-    }
-    let verifying = entry.clone();
-    // The permit moves into the blocking task: a client that disconnects drops this
-    // future, but the verification goes on and must keep its slot until it ends.
-    let matches = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        verifying.stored.matches(&presented.secret)
-    })
-    .await
-    .unwrap_or(false);
+        .is_ok_and(|verdict| *verdict == Some(true));
     if !matches {
         return Err(RejectionReason::InvalidKey);
     }
-    entry.cache(digest);
     Ok(entry.name.clone())
 }

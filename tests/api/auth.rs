@@ -6,7 +6,8 @@ use std::path::Path;
 use reqwest::Method;
 use reqwest::header::AUTHORIZATION;
 
-use crate::harness::{DaemonBuilder, add_key, send};
+use super::start_with_key;
+use crate::harness::{Daemon, DaemonBuilder, add_key, send};
 
 /// Directory of the keys made by the Go program.
 fn go_compat_dir() -> &'static Path {
@@ -155,4 +156,88 @@ webhookSecrets = { github = "logged-secret-canary" }
         !stderr.contains("secret-canary"),
         "a webhook secret was logged:\n{stderr}"
     );
+}
+
+/// Returns `key` with its secret replaced by 40 bytes derived from `seed`: the same
+/// key id, a wrong key.
+fn wrong_key_like(key: &str, seed: u32) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ciborium::Value;
+
+    let bytes = URL_SAFE_NO_PAD.decode(key).expect("a base64url key");
+    let mut value: Value = ciborium::from_reader(bytes.as_slice()).expect("a CBOR key");
+    let fields = value.as_map_mut().expect("a CBOR map");
+    let secret = fields
+        .iter_mut()
+        .find(|(field, _)| *field == Value::from(2))
+        .expect("field 2, the secret");
+    let mut wrong = seed.to_le_bytes().repeat(10);
+    wrong[39] ^= 0xff;
+    secret.1 = Value::Bytes(wrong);
+    let mut encoded = Vec::new();
+    ciborium::into_writer(&value, &mut encoded).expect("encode the key");
+    URL_SAFE_NO_PAD.encode(encoded)
+}
+
+/// Sends `POST /tasks/echo` once with each of `keys`, all at once, and returns the
+/// response statuses.
+async fn post_all_at_once(daemon: &Daemon, keys: &[String]) -> Vec<u16> {
+    let url = daemon.api_url("/tasks/echo");
+    let requests: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let request = daemon.client().post(&url).bearer_auth(key);
+            tokio::spawn(async move { send(request).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.expect("request task"));
+    }
+    statuses
+}
+
+/// A task `echo` that the key `ci` may run.
+const ECHO_FOR_CI: &str = r#"
+[tasks.echo]
+command = ["cat"]
+apiKeyNames = ["ci"]
+"#;
+
+#[tokio::test]
+async fn auth_burst_with_one_key_shares_verification() {
+    const REQUESTS: usize = 100;
+    let (daemon, key) = start_with_key(ECHO_FOR_CI).await;
+
+    // A daemon that has not verified the key yet, as after a restart with a backlog.
+    let statuses = post_all_at_once(&daemon, &vec![key; REQUESTS]).await;
+
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn auth_wrong_keys_beyond_queue_get_503() {
+    const REQUESTS: u32 = 200;
+    let (daemon, key) = start_with_key(ECHO_FOR_CI).await;
+    let wrong_keys: Vec<String> = (0..REQUESTS)
+        .map(|seed| wrong_key_like(&key, seed))
+        .collect();
+
+    let statuses = post_all_at_once(&daemon, &wrong_keys).await;
+
+    let busy = statuses.iter().filter(|status| **status == 503).count();
+    let denied = statuses.iter().filter(|status| **status == 401).count();
+    assert_eq!(busy + denied, statuses.len(), "{statuses:?}");
+    assert!(busy > 0, "no request was turned away: {statuses:?}");
+    // The queue and the running verifications, at least, were served.
+    assert!(denied >= 34, "{statuses:?}");
+    let metrics = daemon.parsed_metrics().await;
+    let counted = metrics.value(
+        "task_rejection_total",
+        &[("handler", "echo"), ("reason", "verification_busy")],
+    );
+    assert_eq!(counted, Some(busy as f64));
+    // The daemon still accepts the right key once the flood is over.
+    assert_eq!(daemon.post_task("echo", &key, "").await.status, 200);
 }
