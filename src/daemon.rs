@@ -17,7 +17,7 @@ use crate::results::ResultStore;
 use crate::runner::Supervisor;
 use crate::server::AppState;
 use crate::systemd::{InheritedSockets, StdListener};
-use crate::{auth, load, metrics, reload, runner, server, systemd};
+use crate::{auth, load, metrics, reload, server, systemd};
 
 /// The daemon's listeners: inherited sockets, and addresses for what was not inherited.
 #[derive(Debug)]
@@ -86,8 +86,7 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
         _ = interrupt.recv() => "SIGINT",
     };
     systemd::notify(&[NotifyState::Stopping]);
-    let table = reloader.table().load_full();
-    let grace = table.shutdown_grace;
+    let grace = reloader.table().load().shutdown_grace;
     tracing::info!(
         signal = signal_name,
         grace_seconds = grace.as_secs(),
@@ -100,10 +99,6 @@ pub async fn run(paths: Paths, plan: ListenPlan) -> Result<(), DaemonError> {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         }
-    };
-    let grace = Grace {
-        shutdown: grace,
-        longest_kill: table.longest_kill_grace(),
     };
     shut_down(
         &supervisor,
@@ -127,15 +122,6 @@ fn start_reloading(reloader: &Arc<Reloader>, hangups: tokio::signal::unix::Signa
     tokio::spawn(reload::watch(reloader.clone(), file_watch, hangups));
 }
 
-/// The time limits of a shutdown.
-#[derive(Debug, Clone, Copy)]
-struct Grace {
-    /// How long runs in flight may go on: `shutdownGraceSeconds`.
-    shutdown: Duration,
-    /// The longest `killGraceSeconds` of any task.
-    longest_kill: Duration,
-}
-
 /// Lets requests and runs in flight finish for up to the shutdown grace, or until
 /// `second_signal`. A request that a connection accepted before the stop delivers in
 /// that time still runs, so a restart refuses nothing. Then no new run is admitted, the
@@ -145,10 +131,10 @@ async fn shut_down(
     supervisor: &Supervisor,
     mut api_server: tokio::task::JoinHandle<()>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
-    grace: Grace,
+    grace: Duration,
     second_signal: impl Future<Output = &'static str>,
 ) {
-    let deadline = tokio::time::Instant::now() + grace.shutdown;
+    let deadline = tokio::time::Instant::now() + grace;
     let mut connections_closed = false;
     // Once the API server has closed its last connection no request can admit a run,
     // so waiting for the runs after that waits for the last of them.
@@ -174,11 +160,7 @@ async fn shut_down(
                 "stopping the runs still going"
             );
         }
-        supervisor.stop_all();
-        if !supervisor
-            .wait_idle(runner::stop_duration(grace.longest_kill))
-            .await
-        {
+        if !supervisor.stop_all().await {
             tracing::error!(
                 running = supervisor.running_count(),
                 "runs still going after SIGKILL, exiting anyway"

@@ -111,15 +111,6 @@ impl TaskTable {
         self.webhooks.len()
     }
 
-    /// Returns the longest `killGraceSeconds` of any task.
-    pub fn longest_kill_grace(&self) -> Duration {
-        self.tasks
-            .values()
-            .map(|task| task.config.kill_grace())
-            .max()
-            .unwrap_or_default()
-    }
-
     /// Returns each task's name and histogram buckets, for the metrics registry.
     pub fn histogram_specs(&self) -> Vec<(String, Vec<f64>)> {
         self.tasks

@@ -14,6 +14,7 @@ mod reaper;
 use std::ffi::OsString;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::wait::WaitStatus;
@@ -38,7 +39,7 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Returns the maximum time stopping a run takes once the stop begins: its
 /// kill grace, two waits for SIGKILL to take effect, the drain, and the wait for its
 /// pipes.
-pub fn stop_duration(kill_grace: Duration) -> Duration {
+fn stop_duration(kill_grace: Duration) -> Duration {
     kill_grace + KILL_WAIT * 3 + DRAIN_AFTER_EXIT
 }
 
@@ -116,9 +117,12 @@ pub struct Supervisor {
     /// The descriptor limit the daemon started with, before it raised its own.
     inherited_nofile: (u64, u64),
     /// Set once the shutdown grace period is over: no new run is admitted after that.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     /// Cancelled at shutdown, after the grace period: every run still going is stopped.
     stop_all: CancellationToken,
+    /// The longest `killGraceSeconds` of any run started, in milliseconds. A run keeps
+    /// the definition it started with, so the task table of the moment may know less.
+    longest_kill_grace_ms: AtomicU64,
     runs: TaskTracker,
 }
 
@@ -137,8 +141,9 @@ impl Supervisor {
             metrics,
             inherited_nofile: crate::limits::raise_nofile(),
             base_env,
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             stop_all: CancellationToken::new(),
+            longest_kill_grace_ms: AtomicU64::new(0),
             runs: TaskTracker::new(),
         }))
     }
@@ -148,7 +153,7 @@ impl Supervisor {
         // The run is tracked before the flag is read, so shutdown either waits for it
         // or the flag refuses it.
         let token = self.runs.token();
-        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.closed.load(Ordering::SeqCst) {
             return None;
         }
         Some(Admission { _tracked: token })
@@ -169,6 +174,9 @@ impl Supervisor {
                 duration: started.elapsed(),
             };
         }
+        let kill_grace_ms = u64::try_from(task.config.kill_grace().as_millis()).unwrap_or(u64::MAX);
+        self.longest_kill_grace_ms
+            .fetch_max(kill_grace_ms, Ordering::SeqCst);
         let plan = self.plan(&request);
 
         let spawned = match child::spawn(&self.reaper, &plan) {
@@ -368,12 +376,16 @@ impl Supervisor {
 
     /// Refuses every later run: [`Supervisor::admit`] returns `None` from now on.
     pub fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closed.store(true, Ordering::SeqCst);
     }
 
-    /// Stops every run still going, with the usual SIGTERM, grace, SIGKILL sequence.
-    pub fn stop_all(&self) {
+    /// Stops every run still going, with the usual SIGTERM, grace, SIGKILL sequence,
+    /// and waits until they are gone, for as long as that sequence can take. Returns
+    /// whether they are.
+    pub async fn stop_all(&self) -> bool {
         self.stop_all.cancel();
+        let kill_grace = Duration::from_millis(self.longest_kill_grace_ms.load(Ordering::SeqCst));
+        self.wait_idle(stop_duration(kill_grace)).await
     }
 
     /// Waits until no run is going. Runs admitted later are waited for as well.

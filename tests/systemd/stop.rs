@@ -290,3 +290,67 @@ async fn stop_refuses_run_after_grace() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(procfs::with_marker(&marker), []);
 }
+
+#[tokio::test]
+async fn stop_kills_run_of_removed_task() {
+    const KILL_GRACE: f64 = 17.0;
+    let marker = unique_marker();
+    let _guard = MarkerGuard::new(&marker);
+    let (mut daemon, key) = start(&format!(
+        r#"
+shutdownGraceSeconds = 0
+
+[tasks.stubborn]
+command = ["sh", "-c", "trap '' TERM; sleep 60"]
+apiKeyNames = ["{KEY_NAME}"]
+killGraceSeconds = {KILL_GRACE}
+executionTimeoutSeconds = 120
+environment = {environment}
+"#,
+        environment = marker_environment(&marker),
+    ))
+    .await;
+    let request = daemon
+        .request(Method::POST, "/tasks/stubborn")
+        .bearer_auth(&key);
+    let reply = tokio::spawn(async move { crate::harness::send(request).await });
+    wait_until("task process started", SPAWN_TIMEOUT, async || {
+        !procfs::with_marker(&marker).is_empty()
+    })
+    .await;
+
+    // The new definitions no longer hold the task, nor its long kill grace; the run
+    // keeps the definition it started with.
+    std::fs::write(
+        daemon.config_path(),
+        format!(
+            "shutdownGraceSeconds = 0\n[tasks.added]\ncommand = [\"true\"]\napiKeyNames = [\"{KEY_NAME}\"]\n\
+             killGraceSeconds = 0\n"
+        ),
+    )
+    .expect("rewrite config.toml");
+    daemon.signal(Signal::SIGHUP);
+    wait_until("the new config in force", secs(10.0), async || {
+        daemon.post_task("added", &key, "").await.status == 200
+    })
+    .await;
+    let signaled = Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    let mut exit = None;
+    wait_until("daemon exited", secs(KILL_GRACE + 20.0), async || {
+        exit = daemon.try_exit_status();
+        exit.is_some()
+    })
+    .await;
+
+    assert_eq!(exit.and_then(|status| status.code()), Some(0));
+    assert_eq!(procfs::with_marker(&marker), []);
+    let reply = reply.await.expect("request task");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["status"], "canceled");
+    assert!(
+        signaled.elapsed() >= secs(KILL_GRACE),
+        "{:?}",
+        signaled.elapsed()
+    );
+}
