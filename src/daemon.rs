@@ -122,6 +122,10 @@ fn start_reloading(reloader: &Arc<Reloader>, hangups: tokio::signal::unix::Signa
     tokio::spawn(reload::watch(reloader.clone(), file_watch, hangups));
 }
 
+/// How long the responses of the runs stopped at the end of the shutdown grace period
+/// may take to go out before their connections are closed.
+const SEND_RESPONSES_LIMIT: Duration = Duration::from_secs(1);
+
 /// Lets requests and runs in flight finish for up to the shutdown grace, or until
 /// `second_signal`. A request that a connection accepted before the stop delivers in
 /// that time still runs, so a restart refuses nothing. Then no new run is admitted, the
@@ -168,12 +172,12 @@ async fn shut_down(
         }
     }
     // The runs are over; what remains is sending their responses.
-    if !connections_closed {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let limit = remaining.clamp(Duration::from_secs(1), Duration::from_secs(10));
-        if tokio::time::timeout(limit, api_server).await.is_err() {
-            tracing::warn!("connections still open after the shutdown grace period, closing them");
-        }
+    if !connections_closed
+        && tokio::time::timeout(SEND_RESPONSES_LIMIT, api_server)
+            .await
+            .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period, closing them");
     }
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();

@@ -354,3 +354,54 @@ environment = {environment}
         signaled.elapsed()
     );
 }
+
+#[tokio::test]
+async fn stop_second_signal_ends_grace() {
+    let marker = unique_marker();
+    let _guard = MarkerGuard::new(&marker);
+    let (mut daemon, key) = start(&format!(
+        r#"
+shutdownGraceSeconds = 30
+
+[tasks.upload]
+command = ["sh", "-c", "cat >/dev/null; sleep 60"]
+apiKeyNames = ["{KEY_NAME}"]
+killGraceSeconds = 1
+environment = {environment}
+"#,
+        environment = marker_environment(&marker),
+    ))
+    .await;
+    // A run going and a request whose body never completes: either would hold the
+    // daemon for the whole grace period.
+    let running = daemon
+        .request(Method::POST, "/tasks/upload")
+        .bearer_auth(&key)
+        .body("x");
+    let running = tokio::spawn(async move { crate::harness::send(running).await });
+    wait_until("task process started", SPAWN_TIMEOUT, async || {
+        !procfs::with_marker(&marker).is_empty()
+    })
+    .await;
+    let _stalled = send_half_request(&daemon, &key);
+
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_for_notify("STOPPING=1", secs(5.0)).await;
+    daemon.signal(Signal::SIGTERM);
+    let mut exit = None;
+    // Well under the 30 s grace: the run's stop takes about its 1 s kill grace.
+    wait_until(
+        "daemon exited after the second SIGTERM",
+        secs(8.0),
+        async || {
+            exit = daemon.try_exit_status();
+            exit.is_some()
+        },
+    )
+    .await;
+
+    assert_eq!(exit.and_then(|status| status.code()), Some(0));
+    assert_eq!(procfs::with_marker(&marker), []);
+    let reply = running.await.expect("request task");
+    assert_eq!(reply.json()["status"], "canceled", "{}", reply.text());
+}
