@@ -60,9 +60,10 @@ async fn post_then_sigterm(
     (reply, elapsed)
 }
 
-async fn wait_for_exit(daemon: &mut Daemon) -> ExitStatus {
+/// Waits up to `timeout` for the daemon to exit and returns its exit status.
+async fn wait_for_exit(daemon: &mut Daemon, timeout: Duration) -> ExitStatus {
     let mut exit = None;
-    wait_until("daemon exited after SIGTERM", secs(15.0), async || {
+    wait_until("daemon exited", timeout, async || {
         exit = daemon.try_exit_status();
         exit.is_some()
     })
@@ -86,7 +87,7 @@ environment = {}
     .await;
 
     let (reply, _) = post_then_sigterm(&daemon, "slow", &key, &marker).await;
-    let status = wait_for_exit(&mut daemon).await;
+    let status = wait_for_exit(&mut daemon, secs(15.0)).await;
     let reply = reply.expect("response to the request in flight");
 
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -115,7 +116,7 @@ environment = {}
     .await;
 
     let (reply, elapsed) = post_then_sigterm(&daemon, "long", &key, &marker).await;
-    let status = wait_for_exit(&mut daemon).await;
+    let status = wait_for_exit(&mut daemon, secs(15.0)).await;
     let reply = reply.expect("response to the request in flight");
 
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -152,7 +153,7 @@ environment = {}
     .await;
 
     let (reply, elapsed) = post_then_sigterm(&daemon, "stubborn", &key, &marker).await;
-    let status = wait_for_exit(&mut daemon).await;
+    let status = wait_for_exit(&mut daemon, secs(15.0)).await;
 
     assert_eq!(status.code(), Some(0));
     assert_eq!(procfs::with_marker(&marker), []);
@@ -241,7 +242,7 @@ apiKeyNames = ["{KEY_NAME}"]
     let result = response_json(&response);
     assert_eq!(result["status"], "success", "{response}");
     assert_eq!(result["stdout"], "1234567890");
-    let status = wait_for_exit(&mut daemon).await;
+    let status = wait_for_exit(&mut daemon, secs(15.0)).await;
     assert_eq!(status.code(), Some(0));
 }
 
@@ -263,7 +264,7 @@ async fn stop_cancels_run_started_during_grace() {
 
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert_eq!(response_json(&response)["status"], "canceled", "{response}");
-    let status = wait_for_exit(&mut daemon).await;
+    let status = wait_for_exit(&mut daemon, secs(15.0)).await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(procfs::with_marker(&marker), []);
 }
@@ -286,7 +287,7 @@ async fn stop_refuses_run_after_grace() {
         .expect("request thread");
 
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
-    let status = wait_for_exit(&mut daemon).await;
+    let status = wait_for_exit(&mut daemon, secs(15.0)).await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(procfs::with_marker(&marker), []);
 }
@@ -336,14 +337,9 @@ environment = {environment}
     .await;
     let signaled = Instant::now();
     daemon.signal(Signal::SIGTERM);
-    let mut exit = None;
-    wait_until("daemon exited", secs(KILL_GRACE + 20.0), async || {
-        exit = daemon.try_exit_status();
-        exit.is_some()
-    })
-    .await;
+    let status = wait_for_exit(&mut daemon, secs(KILL_GRACE + 20.0)).await;
 
-    assert_eq!(exit.and_then(|status| status.code()), Some(0));
+    assert_eq!(status.code(), Some(0));
     assert_eq!(procfs::with_marker(&marker), []);
     let reply = reply.await.expect("request task");
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -388,19 +384,10 @@ environment = {environment}
     daemon.signal(Signal::SIGTERM);
     daemon.wait_for_notify("STOPPING=1", secs(5.0)).await;
     daemon.signal(Signal::SIGTERM);
-    let mut exit = None;
     // Well under the 30 s grace: the run's stop takes about its 1 s kill grace.
-    wait_until(
-        "daemon exited after the second SIGTERM",
-        secs(8.0),
-        async || {
-            exit = daemon.try_exit_status();
-            exit.is_some()
-        },
-    )
-    .await;
+    let status = wait_for_exit(&mut daemon, secs(8.0)).await;
 
-    assert_eq!(exit.and_then(|status| status.code()), Some(0));
+    assert_eq!(status.code(), Some(0));
     assert_eq!(procfs::with_marker(&marker), []);
     let reply = running.await.expect("request task");
     assert_eq!(reply.json()["status"], "canceled", "{}", reply.text());
