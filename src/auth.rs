@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::keys::{KeyEntry, KeyStore, PresentedKey};
 use crate::metrics::RejectionReason;
-use crate::tasks::Task;
+use crate::tasks::{Task, TaskTable};
 
 /// How many argon2 verifications may run at once.
 pub const PARALLEL_VERIFICATIONS: usize = 2;
@@ -134,13 +134,13 @@ impl Drop for Listed {
     }
 }
 
-/// Returns the name of the key that authenticates the request for `task`.
+/// Returns the entry of the key that authenticates the request for `task`.
 pub async fn authenticate(
     task: &Task,
     keys: &KeyStore,
     headers: &HeaderMap,
     verifier: &Verifier,
-) -> Result<String, RejectionReason> {
+) -> Result<Arc<KeyEntry>, RejectionReason> {
     let value = headers
         .get(AUTHORIZATION)
         .ok_or(RejectionReason::MissingKey)?;
@@ -161,7 +161,7 @@ pub async fn authenticate(
 
     let digest = keys.digest(&presented);
     if entry.is_cached(&digest) {
-        return Ok(entry.name.clone());
+        return Ok(entry);
     }
     let mut verdict = verifier.verify(entry.clone(), presented, digest)?;
     // A verification that ended without a verdict (a panic) counts as a failure.
@@ -172,5 +172,18 @@ pub async fn authenticate(
     if !matches {
         return Err(RejectionReason::InvalidKey);
     }
-    Ok(entry.name.clone())
+    Ok(entry)
+}
+
+/// Reports whether a key that authenticated a request for the task `task_name` is still
+/// in force in `table`. It is when the keys file still contains the same entry and the
+/// task, unless it was removed, still allows it. A reload may have revoked the key while the request
+/// waited for its verification or sent its body.
+pub fn key_in_force(table: &TaskTable, task_name: &str, entry: &Arc<KeyEntry>) -> bool {
+    let same = |current: &Arc<KeyEntry>| Arc::ptr_eq(current, entry);
+    let in_keys_file = table.keys.get(&entry.name).is_some_and(same);
+    let allowed = table
+        .task(task_name)
+        .is_none_or(|task| task.allowed_keys.get(&entry.stored.id).is_some_and(same));
+    in_keys_file && allowed
 }

@@ -1,6 +1,6 @@
 //! The API handlers: `task_run`, `task_status` and `webhook_run`, and the request
-//! checks they share in their fixed order: authentication, rate limit, body size,
-//! concurrency slot.
+//! checks they share in their fixed order: authentication, rate limit, body size, the
+//! credential again (a reload may have revoked it meanwhile), concurrency slot.
 
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth;
+use crate::keys::KeyEntry;
 use crate::metrics::RejectionReason;
 use crate::results::RunResult;
 use crate::runner::{Outcome, RunRequest};
@@ -33,10 +34,10 @@ pub async fn task_run(
     let Path(name) = name.map_err(|rejection| invalid_path(&rejection))?;
     let table = state.table.load_full();
     let task = table.task(&name).ok_or(ApiError::TaskNotFound)?.clone();
-    let key_name = auth::authenticate(&task, &table.keys, &headers, &state.verifier)
+    let entry = auth::authenticate(&task, &table.keys, &headers, &state.verifier)
         .await
         .map_err(|reason| state.reject(&task, reason))?;
-    execute(state, task, key_name, headers, body).await
+    execute(state, task, Caller::Key(entry), headers, body).await
 }
 
 /// `POST /wh/{secret}`: runs the task that the webhook secret selects.
@@ -49,7 +50,46 @@ pub async fn webhook_run(
     let Path(secret) = secret.map_err(|rejection| invalid_path(&rejection))?;
     let table = state.table.load_full();
     let webhook = table.webhook(&secret).ok_or(ApiError::NotFound)?.clone();
-    execute(state, webhook.task, webhook.name, headers, body).await
+    let caller = Caller::Webhook {
+        name: webhook.name,
+        secret,
+    };
+    execute(state, webhook.task, caller, headers, body).await
+}
+
+/// The caller of a run: the key or the webhook secret that authenticated the request.
+enum Caller {
+    Key(Arc<KeyEntry>),
+    Webhook { name: String, secret: String },
+}
+
+impl Caller {
+    /// Returns the caller's name for logs, metrics and `RTASK_KEY_NAME`.
+    fn name(&self) -> &str {
+        match self {
+            Caller::Key(entry) => &entry.name,
+            Caller::Webhook { name, .. } => name,
+        }
+    }
+
+    /// Checks that the credential is still in force in the task table now, and returns
+    /// the error for one that a reload revoked.
+    fn check_in_force(&self, state: &AppState, task: &Task) -> Result<(), ApiError> {
+        let table = state.table.load();
+        match self {
+            Caller::Key(entry) if !auth::key_in_force(&table, &task.name, entry) => {
+                Err(state.reject(task, RejectionReason::InvalidKey))
+            }
+            Caller::Webhook { secret, .. }
+                if table
+                    .webhook(secret)
+                    .is_none_or(|webhook| webhook.task.name != task.name) =>
+            {
+                Err(ApiError::NotFound)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `GET /tasks/{name}/{id}`: the result of an asynchronous run. Polls follow the key
@@ -71,9 +111,14 @@ pub async fn task_status(
         (None, Some((task, _))) => task.clone(),
         (None, None) => return Err(ApiError::TaskNotFound),
     };
-    auth::authenticate(&task, &table.keys, &headers, &state.verifier)
+    let entry = auth::authenticate(&task, &table.keys, &headers, &state.verifier)
         .await
         .map_err(|reason| state.reject(&task, reason))?;
+    // A removed task's runs keep its old key rules, which may still list a key that the
+    // keys file no longer holds.
+    if !auth::key_in_force(&table, &name, &entry) {
+        return Err(state.reject(&task, RejectionReason::InvalidKey));
+    }
     match stored {
         Some((_, result)) => Ok(Json(result).into_response()),
         None => Err(ApiError::TaskNotFound),
@@ -87,7 +132,7 @@ fn invalid_path(rejection: &PathRejection) -> ApiError {
 async fn execute(
     state: Arc<AppState>,
     task: Arc<Task>,
-    key_name: String,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -97,6 +142,7 @@ async fn execute(
         return Err(state.reject(&task, RejectionReason::LimitExceeded));
     }
     let input = read_body(&state, &task, &headers, body).await?;
+    caller.check_in_force(&state, &task)?;
     let Some(admission) = state.supervisor.admit() else {
         return Err(ApiError::ShuttingDown);
     };
@@ -113,7 +159,7 @@ async fn execute(
         header_env: header_env(&task, &headers),
         task: task.clone(),
         task_id: task_id.clone(),
-        key_name,
+        key_name: caller.name().to_owned(),
         input,
         admission,
     };

@@ -176,3 +176,48 @@ fn parse_response_decodes_chunks() {
     assert_eq!(response.status, 404);
     assert_eq!(response.body, b"abcde");
 }
+
+/// A request whose handler has accepted its headers and waits for its body. It is sent
+/// with `Expect: 100-continue`, so the daemon sends `100 Continue` when the handler,
+/// past the key check, starts reading the body.
+pub struct AwaitingBody {
+    stream: TcpStream,
+}
+
+impl AwaitingBody {
+    /// Sends the headers of `POST path` with a one-byte body and returns once the
+    /// daemon sends `100 Continue`. Panics on any other response.
+    pub fn send_head(addr: SocketAddr, path: &str, bearer: Option<&str>) -> AwaitingBody {
+        let mut stream = TcpStream::connect(addr).expect("connect to the daemon");
+        stream
+            .set_read_timeout(Some(REQUEST_TIMEOUT))
+            .expect("set a read timeout");
+        let authorization = bearer
+            .map(|key| format!("Authorization: Bearer {key}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: rtask\r\nConnection: close\r\n{authorization}\
+             Content-Length: 1\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).expect("send the headers");
+        let mut interim = Vec::new();
+        while !interim.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            stream
+                .read_exact(&mut byte)
+                .expect("read the interim response");
+            interim.push(byte[0]);
+        }
+        assert!(
+            interim.starts_with(b"HTTP/1.1 100"),
+            "expected 100 Continue, got {:?}",
+            String::from_utf8_lossy(&interim)
+        );
+        AwaitingBody { stream }
+    }
+
+    /// Sends the body and returns the response.
+    pub fn finish(mut self) -> RawResponse {
+        exchange(&mut self.stream, b"x").expect("response to the body")
+    }
+}

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use super::{KEY_NAME, RELOAD_TIMEOUT, wait_for_output, wait_watching};
+use super::{
+    KEY_NAME, RELOAD_TIMEOUT, reload_count, replace_file, wait_for_output, wait_for_reload,
+    wait_watching,
+};
+use crate::harness::raw_http::AwaitingBody;
 use crate::harness::{Daemon, DaemonBuilder, poll_until, run_rtask, stderr_text};
 
 const CONFIG: &str = r#"
@@ -42,29 +46,8 @@ async fn reload_remove_key_rejects() {
     wait_watching(&daemon, &[]).await;
     assert_eq!(poll_status(&daemon, &removed).await, 404);
 
-    let keys = daemon.keys_path();
-    let output = run_rtask(
-        daemon.dir(),
-        &[
-            "--api-keys-file",
-            keys.to_str().expect("UTF-8 path"),
-            "remove-key",
-            "second",
-        ],
-    );
-    assert!(output.status.success(), "{}", stderr_text(&output));
-
-    let mut last = 0;
-    let rejected = poll_until(RELOAD_TIMEOUT, async || {
-        last = poll_status(&daemon, &removed).await;
-        last == 401
-    })
-    .await;
-    assert!(
-        rejected,
-        "removed key got {last} within {RELOAD_TIMEOUT:?}; log:\n{}",
-        daemon.stderr()
-    );
+    remove_key(&daemon, "second");
+    wait_rejected(&daemon, &removed).await;
     assert_eq!(daemon.post_task("echo", &removed, "").await.status, 401);
     assert_eq!(daemon.post_task("echo", &remaining, "").await.status, 200);
 }
@@ -91,4 +74,89 @@ async fn reload_add_key_within_second() {
         "new key got {last} after 1 s; log:\n{}",
         daemon.stderr()
     );
+}
+
+/// Runs `rtask remove-key NAME` on the daemon's keys file.
+fn remove_key(daemon: &Daemon, name: &str) {
+    let keys = daemon.keys_path();
+    let output = run_rtask(
+        daemon.dir(),
+        &[
+            "--api-keys-file",
+            keys.to_str().expect("UTF-8 path"),
+            "remove-key",
+            name,
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr_text(&output));
+}
+
+/// Waits until `key` is rejected after a change to the keys file.
+async fn wait_rejected(daemon: &Daemon, key: &str) {
+    let mut last = 0;
+    let rejected = poll_until(RELOAD_TIMEOUT, async || {
+        last = poll_status(daemon, key).await;
+        last == 401
+    })
+    .await;
+    assert!(
+        rejected,
+        "removed key got {last} within {RELOAD_TIMEOUT:?}; log:\n{}",
+        daemon.stderr()
+    );
+}
+
+#[tokio::test]
+async fn reload_remove_key_rejects_body_in_flight() {
+    let builder = DaemonBuilder::new();
+    builder.add_key(KEY_NAME);
+    let removed = builder.add_key("second");
+    let daemon = builder.start(CONFIG).await;
+    wait_watching(&daemon, &[]).await;
+    let addr = daemon.api_addr();
+    let pending = tokio::task::spawn_blocking({
+        let removed = removed.clone();
+        move || AwaitingBody::send_head(addr, "/tasks/echo", Some(&removed))
+    })
+    .await
+    .expect("request thread");
+
+    remove_key(&daemon, "second");
+    wait_rejected(&daemon, &removed).await;
+    let response = tokio::task::spawn_blocking(move || pending.finish())
+        .await
+        .expect("request thread");
+
+    assert_eq!(response.status, 401, "{}", response.text());
+    assert!(
+        !daemon.stderr().contains("task finished"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
+#[tokio::test]
+async fn reload_removed_webhook_rejects_body_in_flight() {
+    let builder = DaemonBuilder::new();
+    builder.add_key(KEY_NAME);
+    let daemon = builder
+        .start(&format!(
+            "{CONFIG}webhookSecrets = {{ github = \"hook-secret\" }}\n"
+        ))
+        .await;
+    wait_watching(&daemon, &[]).await;
+    let addr = daemon.api_addr();
+    let pending =
+        tokio::task::spawn_blocking(move || AwaitingBody::send_head(addr, "/wh/hook-secret", None))
+            .await
+            .expect("request thread");
+
+    let reloads = reload_count(&daemon, "success").await;
+    replace_file(&daemon.config_path(), CONFIG);
+    wait_for_reload(&daemon, "success", reloads).await;
+    let response = tokio::task::spawn_blocking(move || pending.finish())
+        .await
+        .expect("request thread");
+
+    assert_eq!(response.status, 404, "{}", response.text());
 }

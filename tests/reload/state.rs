@@ -132,3 +132,37 @@ async fn reload_keeps_running_async_result() {
     assert_eq!(result["status"], "success");
     assert_eq!(result["stdout"], "result\n");
 }
+
+#[tokio::test]
+async fn reload_removed_task_result_revoked_key_rejected() {
+    let builder = DaemonBuilder::new();
+    let valid = builder.add_key(KEY_NAME);
+    let revoked = builder.add_key("revoked");
+    let job = ASYNC_CONFIG.replace(r#"["ci"]"#, r#"["ci", "revoked"]"#);
+    let daemon = builder
+        .start(&format!("{job}{}", echo_task("other", "v1")))
+        .await;
+    wait_watching(&daemon, &[]).await;
+    let id = daemon.start_async("job", &revoked, "").await;
+    daemon.wait_for_result("job", &id, &revoked).await;
+
+    // The key leaves the keys file, then the task leaves the config: the result stays
+    // pollable under the removed task's rules, but only with a key still in force.
+    let reloads = reload_count(&daemon, "success").await;
+    let keys = std::fs::read_to_string(daemon.keys_path()).expect("read keys.toml");
+    let keys: String = keys
+        .lines()
+        .filter(|line| !line.starts_with("revoked"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    replace_file(&daemon.keys_path(), &keys);
+    wait_for_reload(&daemon, "success", reloads).await;
+    let reloads = reload_count(&daemon, "success").await;
+    replace_file(&daemon.config_path(), &echo_task("other", "v2"));
+    wait_for_reload(&daemon, "success", reloads).await;
+
+    assert_eq!(daemon.get_result("job", &id, &revoked).await.status, 401);
+    let reply = daemon.get_result("job", &id, &valid).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["stdout"], "result\n");
+}
