@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::AddKey { name } => match rtask::keys::add_key(&paths.keys, &name) {
             Ok(key) => {
                 println!("API-KEY: {key}");
+                warn_if_not_loadable(&paths);
                 ExitCode::SUCCESS
             }
             Err(error) => fail(&error, 1),
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::RemoveKey { name } => match rtask::keys::remove_key(&paths.keys, &name) {
             Ok(()) => {
                 eprintln!("removed key \"{name}\" from {}", paths.keys.display());
+                warn_if_not_loadable(&paths);
                 ExitCode::SUCCESS
             }
             Err(error) => fail(&error, 1),
@@ -62,6 +64,21 @@ fn main() -> ExitCode {
                 Err(error) => fail(&error, 1),
             }
         }
+    }
+}
+
+/// Warns after a keys file change that a running daemon cannot apply it: a reload
+/// applies the config and the keys together, and keeps both as they were when either is
+/// invalid. Says nothing when the config file does not exist.
+fn warn_if_not_loadable(paths: &load::Paths) {
+    if !paths.config.exists() {
+        return;
+    }
+    if let Err(error) = load::load(paths, None).result {
+        eprintln!(
+            "warning: {error}\nA running daemon keeps its previous keys until the \
+             configuration loads again."
+        );
     }
 }
 

@@ -211,3 +211,39 @@ apiKeyNames = ["ci"]
     assert_eq!(after.status, 200, "{}", after.text());
     assert_eq!(after.json()["stdout"], "two");
 }
+
+#[test]
+fn key_change_warns_when_config_invalid() {
+    let dir = tempfile::tempdir().expect("create temporary directory");
+    let keys = dir.path().join("keys.toml");
+    let keys = keys.to_str().expect("UTF-8");
+    let config = dir.path().join("config.toml");
+    fs::write(
+        &config,
+        "[tasks.echo]\ncommand = [\"cat\"]\napiKeyNames = [\"ci\"]\n",
+    )
+    .expect("write config.toml");
+    let config = config.to_str().expect("UTF-8");
+    let change = |command: &str, name: &str| {
+        run_rtask(
+            dir.path(),
+            &["--config", config, "--api-keys-file", keys, command, name],
+        )
+    };
+
+    let valid = change("add-key", "ci");
+    fs::write(config, "typo = 1\n[tasks.echo]\ncommand = [\"cat\"]\n").expect("break config");
+    let invalid = change("remove-key", "ci");
+
+    assert!(valid.status.success(), "{}", stderr_text(&valid));
+    assert!(
+        !stderr_text(&valid).contains("warning"),
+        "{}",
+        stderr_text(&valid)
+    );
+    assert!(invalid.status.success(), "{}", stderr_text(&invalid));
+    let warning = stderr_text(&invalid);
+    assert!(warning.contains("warning: invalid config"), "{warning}");
+    assert!(warning.contains("typo"), "{warning}");
+    assert!(warning.contains("keeps its previous keys"), "{warning}");
+}
