@@ -137,9 +137,12 @@ impl Reloader {
         match attempt.result {
             Ok(loaded) => {
                 log_warnings(&loaded);
-                let table = TaskTable::build(&loaded, Some(current));
+                let table = Arc::new(TaskTable::build(&loaded, Some(current)));
                 self.metrics.sync_tasks(&table.histogram_specs());
                 self.metrics.set_keys_loaded(table.keys.len());
+                // Stored first, so a client that sees the log line or the metric meets
+                // the new table.
+                self.table.store(table.clone());
                 self.metrics.record_reload(true);
                 tracing::info!(
                     trigger,
@@ -148,9 +151,7 @@ impl Reloader {
                     webhooks = table.webhook_count(),
                     "configuration reloaded"
                 );
-                let status = format!("{}; last reload ok", summary(&table));
-                self.table.store(Arc::new(table));
-                status
+                format!("{}; last reload ok", summary(&table))
             }
             Err(error) => {
                 self.metrics.record_reload(false);

@@ -31,7 +31,9 @@ impl ApiError {
             RejectionReason::MissingKey => "missing Authorization header with a Bearer API key",
             RejectionReason::InvalidHeader => "the Authorization header is not \"Bearer <key>\"",
             RejectionReason::InvalidKeyEncoding => "the API key is not a valid rtask key",
-            // One message for both, so a client cannot probe which key ids a task allows.
+            // One message for both. The key id is not secret, and the response time still
+            // shows whether an argon2 verification ran, so this only keeps the message
+            // free of detail.
             RejectionReason::KeyNotAllowed | RejectionReason::InvalidKey => {
                 "invalid API key, or the key is not allowed for this task"
             }
