@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::AddKey { name } => match rtask::keys::add_key(&paths.keys, &name) {
             Ok(key) => {
                 println!("API-KEY: {key}");
+                eprintln!("added key \"{name}\" to {}", paths.keys.display());
                 warn_if_not_loadable(&paths);
                 ExitCode::SUCCESS
             }

@@ -33,6 +33,9 @@ fn add_key_prints_key() {
     assert!(output.status.success(), "{}", stderr_text(&output));
     let stdout = stdout_text(&output);
     assert!(stdout.starts_with("API-KEY: "), "stdout: {stdout:?}");
+    assert_eq!(stdout.lines().count(), 1, "stdout: {stdout:?}");
+    let stderr = stderr_text(&output);
+    assert!(stderr.contains(keys.to_str().expect("UTF-8")), "{stderr}");
     let key = parse_api_key(&stdout).expect("key on the API-KEY line");
     assert!(!key.is_empty());
     assert!(
