@@ -84,9 +84,10 @@ pub fn check(rlimits: &Rlimits) -> Result<(), String> {
         let (_, hard) = getrlimit(resource)
             .map_err(|error| format!("failed to read the daemon's {name} limit: {error}"))?;
         if value > hard {
+            let directive = format!("Limit{}=", name.to_ascii_uppercase());
             return Err(format!(
                 "{name} = {value} is above rtask's own hard limit {hard}: lower it, \
-                 or raise the service's limit (LimitXXX= in the systemd unit)"
+                 or raise the service's limit ({directive} in the systemd unit)"
             ));
         }
     }

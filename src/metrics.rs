@@ -73,7 +73,7 @@ impl Metrics {
         )
         .expect("valid metric");
         let running = IntGaugeVec::new(
-            Opts::new("rtask_tasks_running", "Task processes running now"),
+            Opts::new("rtask_tasks_running", "Runs of the task going on now"),
             &["handler"],
         )
         .expect("valid metric");

@@ -47,7 +47,10 @@ pub fn remove_key(path: &Path, name: &str) -> Result<(), KeysError> {
     let _lock = lock_directory(path)?;
     let (mut encoded, existing) = read_for_update(path)?;
     if encoded.remove(name).is_none() {
-        return Err(KeysError::NotFound(name.to_owned()));
+        return Err(KeysError::NotFound {
+            name: name.to_owned(),
+            path: path.clone(),
+        });
     }
     write_atomically(path, &encoded, existing.metadata.as_ref())
 }

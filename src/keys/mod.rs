@@ -429,8 +429,8 @@ pub enum KeysError {
     },
     #[error("a key named \"{0}\" exists already; remove it first to replace it")]
     Exists(String),
-    #[error("no key named \"{0}\" in the keys file")]
-    NotFound(String),
+    #[error("no key named \"{name}\" in {path}")]
+    NotFound { name: String, path: PathBuf },
     #[error("invalid key name \"{0}\": use letters, digits, '-', '.', '_' or '~' (at most 64)")]
     InvalidName(String),
     #[error("failed to write keys file {path}: {source}")]

@@ -184,10 +184,11 @@ fn remove_key_unknown_fails() {
         !output.status.success(),
         "remove-key of an unknown name succeeded"
     );
+    let stderr = stderr_text(&output);
+    assert!(stderr.contains("nobody"), "stderr names the key: {stderr}");
     assert!(
-        stderr_text(&output).contains("nobody"),
-        "stderr names the key: {}",
-        stderr_text(&output)
+        stderr.contains(keys.to_str().expect("UTF-8")),
+        "stderr names the file: {stderr}"
     );
     assert_eq!(fs::read(&keys).expect("read keys file"), before);
 }

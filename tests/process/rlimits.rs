@@ -177,4 +177,5 @@ nofile = {}
     assert!(stderr.contains("nofile"), "stderr:\n{stderr}");
     assert!(stderr.contains("greedy"), "stderr:\n{stderr}");
     assert!(stderr.contains("hard limit"), "stderr:\n{stderr}");
+    assert!(stderr.contains("LimitNOFILE="), "stderr:\n{stderr}");
 }
