@@ -92,14 +92,16 @@ fn check_config(paths: &load::Paths) -> ExitCode {
             }
             let config = &loaded.config.config;
             println!("config {}: ok", paths.config.display());
-            println!("keys {}: {} keys", paths.keys.display(), loaded.keys.len());
+            let keys = load::counted(loaded.keys.len(), "key");
+            println!("keys {}: {keys}", paths.keys.display());
             println!("tasks: {}", config.tasks.len());
             for (name, task) in &config.tasks {
                 let mode = if task.is_async { "async" } else { "sync" };
+                let keys = load::counted(task.api_key_names.len(), "key");
+                let secrets = task.webhook_secrets.len() + task.webhook_secret_files.len();
+                let secrets = load::counted(secrets, "webhook secret");
                 println!(
-                    "  {name}: {mode}, {} keys, {} webhook secrets, command {:?}",
-                    task.api_key_names.len(),
-                    task.webhook_secrets.len() + task.webhook_secret_files.len(),
+                    "  {name}: {mode}, {keys}, {secrets}, command {:?}",
                     task.command
                 );
             }

@@ -21,7 +21,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sd_notify::NotifyState;
 use tokio::sync::mpsc;
 
-use crate::load::{self, Attempt, Loaded, Paths};
+use crate::load::{self, Attempt, Loaded, Paths, counted};
 use crate::metrics::Metrics;
 use crate::systemd;
 use crate::tasks::TaskTable;
@@ -190,7 +190,11 @@ impl Reloader {
 }
 
 fn summary(table: &TaskTable) -> String {
-    format!("{} tasks, {} keys", table.len(), table.keys.len())
+    format!(
+        "{}, {}",
+        counted(table.len(), "task"),
+        counted(table.keys.len(), "key")
+    )
 }
 
 fn log_warnings(loaded: &Loaded) {

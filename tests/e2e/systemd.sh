@@ -180,7 +180,7 @@ check "GET /metrics answers on 9090" '
 check "systemctl status shows STATUS= text" '
     systemctl status --no-pager rtask.service >/tmp/status.txt
     head -n 12 /tmp/status.txt
-    grep -Eq "Status: \"[0-9]+ tasks, [0-9]+ keys; " /tmp/status.txt
+    grep -Eq "Status: \"[0-9]+ tasks?, [0-9]+ keys?; " /tmp/status.txt
 '
 check "journal has task runs with fields" '
     poll 5 journal_has_task_run uptime || { journalctl -u rtask -o json --no-pager | tail -n 3; exit 1; }

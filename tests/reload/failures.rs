@@ -85,5 +85,5 @@ async fn reload_fixed_file_loads() {
     wait_for_output(&daemon, &key, "second", "v2").await;
     assert_eq!(last_reload_success(&daemon).await, Some(1.0));
     let status = next_reload_status(&mut daemon).await;
-    assert_eq!(status, "2 tasks, 1 keys; last reload ok");
+    assert_eq!(status, "2 tasks, 1 key; last reload ok");
 }

@@ -55,7 +55,7 @@ async fn notify_ready_first_with_status() {
     let first = daemon.notify().messages()[0].clone();
     assert!(first.lines().any(|line| line == "READY=1"), "{first:?}");
     let status = field(&first, "STATUS").unwrap_or_else(|| panic!("no STATUS= in {first:?}"));
-    assert!(status.starts_with("1 tasks, 1 keys"), "STATUS={status}");
+    assert!(status.starts_with("1 task, 1 key"), "STATUS={status}");
 }
 
 #[tokio::test]
@@ -84,7 +84,7 @@ async fn notify_sighup_reloading_then_ready() {
         "MONOTONIC_USEC {stamp} after receipt at {after}"
     );
     let status = field(&ready, "STATUS").unwrap_or_else(|| panic!("no STATUS= in {ready:?}"));
-    assert_eq!(status, "1 tasks, 1 keys; last reload ok");
+    assert_eq!(status, "1 task, 1 key; last reload ok");
 }
 
 /// A service manager may send SIGHUP as soon as `READY=1` arrives, so the handler must
