@@ -116,12 +116,12 @@ pub struct Supervisor {
     base_env: Vec<(OsString, OsString)>,
     /// The descriptor limit the daemon started with, before it raised its own.
     inherited_nofile: (u64, u64),
-    /// Set once the shutdown grace period is over: no new run is admitted after that.
+    /// Set once the shutdown grace period is over, so that no new run is admitted.
     closed: AtomicBool,
     /// Cancelled at shutdown, after the grace period: every run still going is stopped.
     stop_all: CancellationToken,
-    /// The longest `killGraceSeconds` of any run started, in milliseconds. A run keeps
-    /// the definition it started with, so the task table of the moment may know less.
+    /// The longest `killGraceSeconds` of any run admitted, in milliseconds. A run keeps
+    /// the definition it started with, so the current task table may have a shorter one.
     longest_kill_grace_ms: AtomicU64,
     runs: TaskTracker,
 }
@@ -148,10 +148,15 @@ impl Supervisor {
         }))
     }
 
-    /// Admits a new run, unless the daemon is past its shutdown grace period.
-    pub fn admit(&self) -> Option<Admission> {
-        // The run is tracked before the flag is read, so shutdown either waits for it
-        // or the flag refuses it.
+    /// Admits a new run of a task with `kill_grace`, unless the daemon is past its
+    /// shutdown grace period.
+    pub fn admit(&self, kill_grace: Duration) -> Option<Admission> {
+        // The run is tracked and its kill grace recorded before the flag is read. So
+        // either shutdown waits for the run, long enough to stop it, or the flag
+        // rejects the run.
+        let kill_grace_ms = u64::try_from(kill_grace.as_millis()).unwrap_or(u64::MAX);
+        self.longest_kill_grace_ms
+            .fetch_max(kill_grace_ms, Ordering::SeqCst);
         let token = self.runs.token();
         if self.closed.load(Ordering::SeqCst) {
             return None;
@@ -174,9 +179,6 @@ impl Supervisor {
                 duration: started.elapsed(),
             };
         }
-        let kill_grace_ms = u64::try_from(task.config.kill_grace().as_millis()).unwrap_or(u64::MAX);
-        self.longest_kill_grace_ms
-            .fetch_max(kill_grace_ms, Ordering::SeqCst);
         let plan = self.plan(&request);
 
         let spawned = match child::spawn(&self.reaper, &plan) {
@@ -374,14 +376,14 @@ impl Supervisor {
         }
     }
 
-    /// Refuses every later run: [`Supervisor::admit`] returns `None` from now on.
+    /// Rejects every later run: [`Supervisor::admit`] returns `None` from now on.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    /// Stops every run still going, with the usual SIGTERM, grace, SIGKILL sequence,
-    /// and waits until they are gone, for as long as that sequence can take. Returns
-    /// whether they are.
+    /// Stops every run still going with the usual SIGTERM, grace, SIGKILL sequence, and
+    /// waits for them for as long as that sequence can take. Returns whether all are
+    /// gone.
     pub async fn stop_all(&self) -> bool {
         self.stop_all.cancel();
         let kill_grace = Duration::from_millis(self.longest_kill_grace_ms.load(Ordering::SeqCst));

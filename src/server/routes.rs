@@ -72,22 +72,27 @@ impl Caller {
         }
     }
 
-    /// Checks that the credential is still in force in the task table now, and returns
-    /// the error for one that a reload revoked.
+    /// Checks that the credential is still in force in the current task table. Returns
+    /// the error response for one that a reload revoked.
     fn check_in_force(&self, state: &AppState, task: &Task) -> Result<(), ApiError> {
         let table = state.table.load();
+        let in_force = match self {
+            Caller::Key(entry) => auth::key_in_force(&table, &task.name, entry),
+            Caller::Webhook { secret, .. } => table
+                .webhook(secret)
+                .is_some_and(|webhook| webhook.task.name == task.name),
+        };
+        if in_force {
+            return Ok(());
+        }
+        tracing::info!(
+            task = %task.name,
+            caller = self.name(),
+            "request rejected: a reload revoked its credential while the body arrived"
+        );
         match self {
-            Caller::Key(entry) if !auth::key_in_force(&table, &task.name, entry) => {
-                Err(state.reject(task, RejectionReason::InvalidKey))
-            }
-            Caller::Webhook { secret, .. }
-                if table
-                    .webhook(secret)
-                    .is_none_or(|webhook| webhook.task.name != task.name) =>
-            {
-                Err(ApiError::NotFound)
-            }
-            _ => Ok(()),
+            Caller::Key(_) => Err(state.reject(task, RejectionReason::InvalidKey)),
+            Caller::Webhook { .. } => Err(ApiError::NotFound),
         }
     }
 }
@@ -115,7 +120,7 @@ pub async fn task_status(
         .await
         .map_err(|reason| state.reject(&task, reason))?;
     // A removed task's runs keep its old key rules, which may still list a key that the
-    // keys file no longer holds.
+    // keys file no longer contains.
     if !auth::key_in_force(&table, &name, &entry) {
         return Err(state.reject(&task, RejectionReason::InvalidKey));
     }
@@ -143,7 +148,12 @@ async fn execute(
     }
     let input = read_body(&state, &task, &headers, body).await?;
     caller.check_in_force(&state, &task)?;
-    let Some(admission) = state.supervisor.admit() else {
+    let Some(admission) = state.supervisor.admit(task.config.kill_grace()) else {
+        tracing::info!(
+            task = %task.name,
+            caller = caller.name(),
+            "request rejected: the shutdown grace period is over"
+        );
         return Err(ApiError::ShuttingDown);
     };
     let permit = match &task.slots {
