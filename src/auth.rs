@@ -31,10 +31,10 @@ pub const QUEUED_VERIFICATIONS: usize = 32;
 /// Keyed hash of a presented key, as [`KeyStore::digest`] computes it.
 type Digest = [u8; 32];
 
-/// A verification under way: the address of the stored key's entry, which the
-/// verification keeps alive, and the digest of the presented key. The entry is part of
-/// it because the digest alone survives a keys file change that gives the key's id to
-/// another key.
+/// Identity of a verification under way: the address of the stored key's entry, which
+/// the verification keeps alive, and the digest of the presented key. The digest alone
+/// is not enough, because it stays the same across a keys file change that gives the
+/// key's id to another key.
 type Attempt = (usize, Digest);
 
 /// The outcome of a verification once it is known: whether the key matched.
@@ -90,9 +90,10 @@ impl Verifier {
         let waiting = Waiting(self.waiting.clone());
         let running = self.running.clone();
         tokio::spawn(async move {
-            let Ok(permit) = running.acquire_owned().await else {
-                return;
-            };
+            let permit = running
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             drop(waiting);
             let verifying = entry.clone();
             let matches = tokio::task::spawn_blocking(move || {
@@ -176,9 +177,9 @@ pub async fn authenticate(
 }
 
 /// Reports whether a key that authenticated a request for the task `task_name` is still
-/// in force in `table`. It is when the keys file still contains the same entry and the
-/// task, unless it was removed, still allows it. A reload may have revoked the key while the request
-/// waited for its verification or sent its body.
+/// in force in `table`: the keys file still contains the same entry, and the task still
+/// allows it unless the task was removed. A reload may have revoked the key while the
+/// request waited for its verification or sent its body.
 pub fn key_in_force(table: &TaskTable, task_name: &str, entry: &Arc<KeyEntry>) -> bool {
     let same = |current: &Arc<KeyEntry>| Arc::ptr_eq(current, entry);
     let in_keys_file = table.keys.get(&entry.name).is_some_and(same);

@@ -127,10 +127,10 @@ fn start_reloading(reloader: &Arc<Reloader>, hangups: tokio::signal::unix::Signa
 const SEND_RESPONSES_LIMIT: Duration = Duration::from_secs(1);
 
 /// Lets requests and runs in flight finish for up to the shutdown grace, or until
-/// `second_signal`. A request that a connection accepted before the stop delivers in
-/// that time still runs, so a restart refuses nothing. Then no new run is admitted, the
-/// runs that remain are stopped (SIGTERM, their kill grace, SIGKILL), and their
-/// responses go out.
+/// `second_signal`. A request that arrives in that time on a connection accepted before
+/// the stop still runs, so a restart rejects no request. After that no new run is
+/// admitted, the remaining runs are stopped (SIGTERM, their kill grace, SIGKILL), and
+/// their responses are sent.
 async fn shut_down(
     supervisor: &Supervisor,
     mut api_server: tokio::task::JoinHandle<()>,

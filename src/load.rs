@@ -306,7 +306,7 @@ fn collect_warnings(config: &ParsedConfig, keys: &KeyStore, paths: &Paths) -> Ve
 }
 
 /// Formats `count` with `noun`, adding an "s" unless the count is one: "1 key", "2 keys".
-pub fn counted(count: usize, noun: &str) -> String {
+pub fn format_count(count: usize, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")
     } else {

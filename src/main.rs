@@ -92,14 +92,14 @@ fn check_config(paths: &load::Paths) -> ExitCode {
             }
             let config = &loaded.config.config;
             println!("config {}: ok", paths.config.display());
-            let keys = load::counted(loaded.keys.len(), "key");
+            let keys = load::format_count(loaded.keys.len(), "key");
             println!("keys {}: {keys}", paths.keys.display());
             println!("tasks: {}", config.tasks.len());
             for (name, task) in &config.tasks {
                 let mode = if task.is_async { "async" } else { "sync" };
-                let keys = load::counted(task.api_key_names.len(), "key");
+                let keys = load::format_count(task.api_key_names.len(), "key");
                 let secrets = task.webhook_secrets.len() + task.webhook_secret_files.len();
-                let secrets = load::counted(secrets, "webhook secret");
+                let secrets = load::format_count(secrets, "webhook secret");
                 println!(
                     "  {name}: {mode}, {keys}, {secrets}, command {:?}",
                     task.command

@@ -21,7 +21,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sd_notify::NotifyState;
 use tokio::sync::mpsc;
 
-use crate::load::{self, Attempt, Loaded, Paths, counted};
+use crate::load::{self, Attempt, Loaded, Paths, format_count};
 use crate::metrics::Metrics;
 use crate::systemd;
 use crate::tasks::TaskTable;
@@ -192,8 +192,8 @@ impl Reloader {
 fn summary(table: &TaskTable) -> String {
     format!(
         "{}, {}",
-        counted(table.len(), "task"),
-        counted(table.keys.len(), "key")
+        format_count(table.len(), "task"),
+        format_count(table.keys.len(), "key")
     )
 }
 

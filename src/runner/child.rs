@@ -192,8 +192,8 @@ impl ProcessTree {
     /// rtask's children are searched. A process whose parent is alive is found after
     /// that parent is killed.
     ///
-    /// The scan reads /proc, which takes longer the more processes the host runs, so it
-    /// runs on the blocking pool rather than on a runtime worker.
+    /// The /proc scan takes longer the more processes the host runs, so it runs on the
+    /// blocking pool rather than on a runtime worker.
     async fn escaped(&self) -> Vec<Pid> {
         let marker = self.marker.clone();
         tokio::task::spawn_blocking(move || find_escaped(&marker))
@@ -248,7 +248,7 @@ impl ProcessTree {
     }
 }
 
-/// Returns rtask's children, other than zombies, whose environment holds `marker`.
+/// Returns rtask's children, other than zombies, whose environment contains `marker`.
 fn find_escaped(marker: &[u8]) -> Vec<Pid> {
     let own_pid = std::process::id().to_string();
     let Ok(entries) = fs::read_dir("/proc") else {

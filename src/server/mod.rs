@@ -113,10 +113,10 @@ const LINGER_BEFORE_CLOSE: Duration = Duration::from_millis(250);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Read buffer limit of a connection, which bounds the request head. hyper returns 431
-/// once the buffer is full without a complete head; as one read may overshoot the
-/// limit, a head of up to twice this size can pass. hyper's own default lets a pending
-/// head grow to about 400 KiB. Bodies stream through the buffer and are not limited by
-/// it.
+/// once the buffer is full without a complete head. One read may overshoot the limit,
+/// so a somewhat larger head can pass: up to about twice this size, an estimate.
+/// hyper's own default lets a pending head grow to about 400 KiB. Bodies stream through
+/// the buffer and are not limited by it.
 const MAX_READ_BUFFER: usize = 16 * 1024;
 
 /// Connections served at once. Past this, new connections wait in the listen backlog,
