@@ -3,6 +3,9 @@
 use std::fs;
 use std::path::Path;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ciborium::Value;
 use reqwest::Method;
 use reqwest::header::AUTHORIZATION;
 
@@ -161,10 +164,6 @@ webhookSecrets = { github = "logged-secret-canary" }
 /// Returns `key` with its secret replaced by 40 bytes derived from `seed`: the same
 /// key id, a wrong key.
 fn wrong_key_like(key: &str, seed: u32) -> String {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use ciborium::Value;
-
     let bytes = URL_SAFE_NO_PAD.decode(key).expect("a base64url key");
     let mut value: Value = ciborium::from_reader(bytes.as_slice()).expect("a CBOR key");
     let fields = value.as_map_mut().expect("a CBOR map");
@@ -172,9 +171,7 @@ fn wrong_key_like(key: &str, seed: u32) -> String {
         .iter_mut()
         .find(|(field, _)| *field == Value::from(2))
         .expect("field 2, the secret");
-    let mut wrong = seed.to_le_bytes().repeat(10);
-    wrong[39] ^= 0xff;
-    secret.1 = Value::Bytes(wrong);
+    secret.1 = Value::Bytes(seed.to_le_bytes().repeat(10));
     let mut encoded = Vec::new();
     ciborium::into_writer(&value, &mut encoded).expect("encode the key");
     URL_SAFE_NO_PAD.encode(encoded)

@@ -4,7 +4,7 @@ use reqwest::Method;
 
 use super::start_with_key;
 use crate::harness::raw_http::{request_bytes, tcp_request};
-use crate::harness::send;
+use crate::harness::{Daemon, send};
 
 const ECHO_CONFIG: &str = r#"
 [tasks.echo]
@@ -38,7 +38,7 @@ async fn get_on_post_route_405() {
 
 /// Sends `POST /tasks/echo` with an `X-Padding` header of `size` bytes and returns the
 /// response status.
-async fn status_with_header_of(daemon: &crate::harness::Daemon, key: &str, size: usize) -> u16 {
+async fn status_with_header_of(daemon: &Daemon, key: &str, size: usize) -> u16 {
     let request = request_bytes("POST", "/tasks/echo", Some(key), b"");
     let padding = format!("X-Padding: {}\r\n", "p".repeat(size));
     // After the request line, before the other headers.

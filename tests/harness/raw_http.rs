@@ -157,26 +157,6 @@ fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-#[test]
-fn parse_response_reads_length_body() {
-    let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-
-    let response = parse_response(raw).expect("valid response");
-
-    assert_eq!(response.status, 200);
-    assert_eq!(response.body, b"{}");
-}
-
-#[test]
-fn parse_response_decodes_chunks() {
-    let raw = b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-
-    let response = parse_response(raw).expect("valid response");
-
-    assert_eq!(response.status, 404);
-    assert_eq!(response.body, b"abcde");
-}
-
 /// A request whose handler has accepted its headers and waits for its body. It is sent
 /// with `Expect: 100-continue`, so the daemon sends `100 Continue` when the handler,
 /// past the key check, starts reading the body.
@@ -187,11 +167,7 @@ pub struct AwaitingBody {
 impl AwaitingBody {
     /// Sends the headers of `POST path` with a one-byte body and returns once the
     /// daemon sends `100 Continue`. Panics on any other response.
-    pub fn send_head(addr: SocketAddr, path: &str, bearer: Option<&str>) -> AwaitingBody {
-        let mut stream = TcpStream::connect(addr).expect("connect to the daemon");
-        stream
-            .set_read_timeout(Some(REQUEST_TIMEOUT))
-            .expect("set a read timeout");
+    pub async fn send_head(addr: SocketAddr, path: &str, bearer: Option<&str>) -> AwaitingBody {
         let authorization = bearer
             .map(|key| format!("Authorization: Bearer {key}\r\n"))
             .unwrap_or_default();
@@ -199,6 +175,16 @@ impl AwaitingBody {
             "POST {path} HTTP/1.1\r\nHost: rtask\r\nConnection: close\r\n{authorization}\
              Content-Length: 1\r\nExpect: 100-continue\r\n\r\n"
         );
+        tokio::task::spawn_blocking(move || AwaitingBody::send_head_blocking(addr, &head))
+            .await
+            .expect("request thread")
+    }
+
+    fn send_head_blocking(addr: SocketAddr, head: &str) -> AwaitingBody {
+        let mut stream = TcpStream::connect(addr).expect("connect to the daemon");
+        stream
+            .set_read_timeout(Some(REQUEST_TIMEOUT))
+            .expect("set a read timeout");
         stream.write_all(head.as_bytes()).expect("send the headers");
         let mut interim = Vec::new();
         while !interim.ends_with(b"\r\n\r\n") {
@@ -217,7 +203,30 @@ impl AwaitingBody {
     }
 
     /// Sends the body and returns the response.
-    pub fn finish(mut self) -> RawResponse {
-        exchange(&mut self.stream, b"x").expect("response to the body")
+    pub async fn finish(mut self) -> RawResponse {
+        tokio::task::spawn_blocking(move || exchange(&mut self.stream, b"x"))
+            .await
+            .expect("request thread")
+            .expect("response to the body")
     }
+}
+
+#[test]
+fn parse_response_reads_length_body() {
+    let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+
+    let response = parse_response(raw).expect("valid response");
+
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"{}");
+}
+
+#[test]
+fn parse_response_decodes_chunks() {
+    let raw = b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+
+    let response = parse_response(raw).expect("valid response");
+
+    assert_eq!(response.status, 404);
+    assert_eq!(response.body, b"abcde");
 }

@@ -113,26 +113,15 @@ async fn reload_remove_key_rejects_body_in_flight() {
     let removed = builder.add_key("second");
     let daemon = builder.start(CONFIG).await;
     wait_watching(&daemon, &[]).await;
-    let addr = daemon.api_addr();
-    let pending = tokio::task::spawn_blocking({
-        let removed = removed.clone();
-        move || AwaitingBody::send_head(addr, "/tasks/echo", Some(&removed))
-    })
-    .await
-    .expect("request thread");
+    let pending = AwaitingBody::send_head(daemon.api_addr(), "/tasks/echo", Some(&removed)).await;
 
     remove_key(&daemon, "second");
     wait_rejected(&daemon, &removed).await;
-    let response = tokio::task::spawn_blocking(move || pending.finish())
-        .await
-        .expect("request thread");
+    let response = pending.finish().await;
 
     assert_eq!(response.status, 401, "{}", response.text());
-    assert!(
-        !daemon.stderr().contains("task finished"),
-        "{}",
-        daemon.stderr()
-    );
+    let log = daemon.stderr();
+    assert!(!log.contains("task finished"), "{log}");
 }
 
 #[tokio::test]
@@ -145,18 +134,12 @@ async fn reload_removed_webhook_rejects_body_in_flight() {
         ))
         .await;
     wait_watching(&daemon, &[]).await;
-    let addr = daemon.api_addr();
-    let pending =
-        tokio::task::spawn_blocking(move || AwaitingBody::send_head(addr, "/wh/hook-secret", None))
-            .await
-            .expect("request thread");
+    let pending = AwaitingBody::send_head(daemon.api_addr(), "/wh/hook-secret", None).await;
 
     let reloads = reload_count(&daemon, "success").await;
     replace_file(&daemon.config_path(), CONFIG);
     wait_for_reload(&daemon, "success", reloads).await;
-    let response = tokio::task::spawn_blocking(move || pending.finish())
-        .await
-        .expect("request thread");
+    let response = pending.finish().await;
 
     assert_eq!(response.status, 404, "{}", response.text());
 }

@@ -134,7 +134,7 @@ async fn reload_keeps_running_async_result() {
 }
 
 #[tokio::test]
-async fn reload_removed_task_result_revoked_key_rejected() {
+async fn reload_removed_task_poll_revoked_key() {
     let builder = DaemonBuilder::new();
     let valid = builder.add_key(KEY_NAME);
     let revoked = builder.add_key("revoked");

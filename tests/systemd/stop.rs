@@ -10,7 +10,8 @@ use reqwest::Method;
 
 use super::KEY_NAME;
 use crate::harness::procfs::{self, MarkerGuard, marker_environment, unique_marker};
-use crate::harness::{Daemon, DaemonBuilder, Reply, secs, wait_until};
+use crate::harness::raw_http::AwaitingBody;
+use crate::harness::{Daemon, DaemonBuilder, Reply, secs, send, wait_until};
 
 /// Time a task process may take to appear after the request was sent.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,19 +169,10 @@ environment = {}
     );
 }
 
-/// A connection to `daemon` that has sent the head and half of the 10-byte body of
-/// `POST /tasks/upload`.
-fn send_half_request(daemon: &Daemon, key: &str) -> std::net::TcpStream {
-    let mut stream = std::net::TcpStream::connect(daemon.api_addr()).expect("connect");
-    let head = format!(
-        "POST /tasks/upload HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
-         Content-Length: 10\r\n\r\n12345"
-    );
-    std::io::Write::write_all(&mut stream, head.as_bytes()).expect("send the first half");
-    stream
-        .set_read_timeout(Some(secs(15.0)))
-        .expect("set a read timeout");
-    stream
+/// Sends the headers of `POST /tasks/upload` and returns once the handler waits for
+/// the body.
+async fn send_head(daemon: &Daemon, key: &str) -> AwaitingBody {
+    AwaitingBody::send_head(daemon.api_addr(), "/tasks/upload", Some(key)).await
 }
 
 /// Starts a daemon with the task `upload`, which reads its input and then sleeps for
@@ -200,22 +192,6 @@ environment = {environment}
     .await
 }
 
-/// Sends the rest of the body and returns the whole response.
-fn finish_request(mut stream: std::net::TcpStream) -> String {
-    std::io::Write::write_all(&mut stream, b"67890").expect("send the second half");
-    let mut response = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut stream, &mut response);
-    String::from_utf8_lossy(&response).into_owned()
-}
-
-/// The JSON body of a raw HTTP response.
-fn response_json(response: &str) -> serde_json::Value {
-    let (_, body) = response
-        .split_once("\r\n\r\n")
-        .expect("a complete response");
-    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {response}"))
-}
-
 #[tokio::test]
 async fn stop_serves_request_completed_during_grace() {
     let (mut daemon, key) = start(&format!(
@@ -229,19 +205,17 @@ apiKeyNames = ["{KEY_NAME}"]
     ))
     .await;
 
-    // Half the body arrives before SIGTERM, the rest after the daemon began stopping:
+    // The headers arrive before SIGTERM and the body after the daemon began stopping:
     // what a restart under load looks like to a client.
-    let stream = send_half_request(&daemon, &key);
+    let request = send_head(&daemon, &key).await;
     daemon.signal(Signal::SIGTERM);
     daemon.wait_for_notify("STOPPING=1", secs(5.0)).await;
-    let response = tokio::task::spawn_blocking(move || finish_request(stream))
-        .await
-        .expect("request thread");
+    let response = request.finish().await;
 
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let result = response_json(&response);
-    assert_eq!(result["status"], "success", "{response}");
-    assert_eq!(result["stdout"], "1234567890");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let result = response.json();
+    assert_eq!(result["status"], "success");
+    assert_eq!(result["stdout"], "x");
     let status = wait_for_exit(&mut daemon, secs(15.0)).await;
     assert_eq!(status.code(), Some(0));
 }
@@ -252,41 +226,39 @@ async fn stop_cancels_run_started_during_grace() {
     let _guard = MarkerGuard::new(&marker);
     let (mut daemon, key) = start_slow_upload(&marker, 2).await;
 
-    let stream = send_half_request(&daemon, &key);
+    let request = send_head(&daemon, &key).await;
     daemon.signal(Signal::SIGTERM);
     daemon.wait_for_notify("STOPPING=1", secs(5.0)).await;
-    let response = tokio::task::spawn_blocking(move || finish_request(stream));
+    let response = tokio::spawn(request.finish());
     wait_until("task process started", SPAWN_TIMEOUT, async || {
         !procfs::with_marker(&marker).is_empty()
     })
     .await;
-    let response = response.await.expect("request thread");
+    let response = response.await.expect("request task");
 
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert_eq!(response_json(&response)["status"], "canceled", "{response}");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["status"], "canceled");
     let status = wait_for_exit(&mut daemon, secs(15.0)).await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(procfs::with_marker(&marker), []);
 }
 
 #[tokio::test]
-async fn stop_refuses_run_after_grace() {
+async fn stop_rejects_run_after_grace() {
     let marker = unique_marker();
     let _guard = MarkerGuard::new(&marker);
     let (mut daemon, key) = start_slow_upload(&marker, 1).await;
 
     // The open request keeps the daemon in its grace period until it ends.
-    let stream = send_half_request(&daemon, &key);
+    let request = send_head(&daemon, &key).await;
     daemon.signal(Signal::SIGTERM);
     wait_until("end of the grace period", secs(10.0), async || {
         daemon.stderr().contains("admitting no new run")
     })
     .await;
-    let response = tokio::task::spawn_blocking(move || finish_request(stream))
-        .await
-        .expect("request thread");
+    let response = request.finish().await;
 
-    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert_eq!(response.status, 503, "{}", response.text());
     let status = wait_for_exit(&mut daemon, secs(15.0)).await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(procfs::with_marker(&marker), []);
@@ -314,14 +286,14 @@ environment = {environment}
     let request = daemon
         .request(Method::POST, "/tasks/stubborn")
         .bearer_auth(&key);
-    let reply = tokio::spawn(async move { crate::harness::send(request).await });
+    let reply = tokio::spawn(async move { send(request).await });
     wait_until("task process started", SPAWN_TIMEOUT, async || {
         !procfs::with_marker(&marker).is_empty()
     })
     .await;
 
-    // The new definitions no longer hold the task, nor its long kill grace; the run
-    // keeps the definition it started with.
+    // The new definitions contain neither the task nor its long kill grace, but the
+    // run keeps the definition it started with.
     std::fs::write(
         daemon.config_path(),
         format!(
@@ -374,12 +346,12 @@ environment = {environment}
         .request(Method::POST, "/tasks/upload")
         .bearer_auth(&key)
         .body("x");
-    let running = tokio::spawn(async move { crate::harness::send(running).await });
+    let running = tokio::spawn(async move { send(running).await });
     wait_until("task process started", SPAWN_TIMEOUT, async || {
         !procfs::with_marker(&marker).is_empty()
     })
     .await;
-    let _stalled = send_half_request(&daemon, &key);
+    let _stalled = send_head(&daemon, &key).await;
 
     daemon.signal(Signal::SIGTERM);
     daemon.wait_for_notify("STOPPING=1", secs(5.0)).await;
